@@ -16,4 +16,4 @@ def mu_tonemap(hdr: Array, mu: float = MU) -> Array:
     """T(h) = log(1 + μh) / log(1 + μ) for a NumPy array or a tensor (linear HDR in [0, 1])."""
     if isinstance(hdr, torch.Tensor):
         return torch.log1p(mu * hdr) / math.log1p(mu)
-    return (np.log1p(mu * np.asarray(hdr, dtype=np.float64)) / math.log1p(mu)).astype(np.float32)
+    return np.log1p(mu * hdr) / math.log1p(mu)
