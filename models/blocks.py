@@ -1,0 +1,150 @@
+"""The window blocks of SMNet: MSAB (window attention + convolution branch + mask block) and
+MaskedTB (one stage of them with a closing convolution and a residual).
+
+Tokens are kept as B×N×C (N = H·W, row-major). ``tokens_as_image`` views them as a B×C×H×W
+tensor in channels-last memory format without copying, so the convolutions and the
+attention share one layout.
+"""
+from __future__ import annotations
+
+import torch
+from timm.layers import DropPath, Mlp
+from torch import nn
+
+from .window_attention import WindowAttention, shift_attention_mask, window_partition, window_reverse
+
+
+def tokens_as_image(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """B×N×C → B×C×H×W view (channels-last strides, no copy)."""
+    b, _, c = tokens.shape
+    return tokens.view(b, height, width, c).permute(0, 3, 1, 2)
+
+
+def image_as_tokens(image: torch.Tensor) -> torch.Tensor:
+    """B×C×H×W → B×N×C (a view when the image is channels-last)."""
+    b, c, h, w = image.shape
+    return image.permute(0, 2, 3, 1).reshape(b, h * w, c)
+
+
+class ChannelAttention(nn.Module):
+    """CAB: channel gate from average pooling. The pooled path is used twice (sigmoid(z + z)),
+    as in the released network; there is no max-pooling path."""
+
+    def __init__(self, dim: int, reduction: int = 4) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Conv2d(dim, dim // reduction, 1), nn.ReLU(inplace=True), nn.Conv2d(dim // reduction, dim, 1)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.mlp(x.mean(dim=(2, 3), keepdim=True))
+        return x * torch.sigmoid(z + z)
+
+
+class SpatialAttention(nn.Module):
+    """SAB: spatial gate from the channel mean and max, through a 7×7 convolution."""
+
+    def __init__(self, kernel_size: int = 7) -> None:
+        super().__init__()
+        self.conv2d = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
+        return x * torch.sigmoid(self.conv2d(pooled))
+
+
+def apply_mask_block(u: torch.Tensor, mask_map: torch.Tensor, drop_rate: float) -> torch.Tensor:
+    """The mask block: with probability ``drop_rate`` (one draw shared by the batch) multiply the
+    tokens by the mask map, otherwise by their own importance map sigmoid(mean over channels).
+
+    u: B×N×C tokens; mask_map: B×N×1 (1 keep, 0 masked).
+    """
+    use_mask = torch.floor(torch.rand((), device=u.device) + drop_rate) > 0
+    importance = torch.sigmoid(u.mean(dim=-1, keepdim=True))
+    return u * torch.where(use_mask, mask_map.to(u.dtype), importance)
+
+
+class MSAB(nn.Module):
+    """Masked Swin attention block: (shifted) window attention, a convolution branch
+    (depthwise conv → CAB + SAB → depthwise conv) on the unmasked input, and, when built with
+    ``is_mask``, the mask block in front of the attention."""
+
+    def __init__(self, dim: int, num_heads: int, window_size: int = 8, shift_size: int = 0,
+                 mlp_ratio: float = 2.0, drop_path: float = 0.0, is_mask: bool = False,
+                 adl_drop_rate: float = 0.75) -> None:
+        super().__init__()
+        self.window_size = window_size
+        self.shift_size = shift_size
+        self.is_mask = is_mask
+        self.adl_drop_rate = adl_drop_rate
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, window_size, num_heads)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.conv_cnn1 = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.conv_cnn2 = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.cab = ChannelAttention(dim)
+        self.sab = SpatialAttention()
+
+    def conv_branch(self, u: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        a = self.conv_cnn1(tokens_as_image(u, height, width))
+        c = self.conv_cnn2(self.cab(a) + self.sab(a))
+        return image_as_tokens(c)
+
+    def attention(self, u: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        b, n, c = u.shape
+        ws, shift = self.window_size, self.shift_size
+        x = u.view(b, height, width, c)
+        mask = None
+        if shift > 0:
+            x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
+            mask = shift_attention_mask(height, width, ws, shift, u.device)
+        windows = window_partition(x, ws).view(-1, ws * ws, c)
+        x = window_reverse(self.attn(windows, mask).view(-1, ws, ws, c), ws, height, width)
+        if shift > 0:
+            x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
+        return x.reshape(b, n, c)
+
+    def forward(self, t: torch.Tensor, height: int, width: int,
+                mask_map: torch.Tensor | None = None) -> torch.Tensor:
+        u = self.norm1(t)
+        c = self.conv_branch(u, height, width)
+        if self.is_mask and mask_map is not None:
+            u = apply_mask_block(u, mask_map, self.adl_drop_rate)
+        t = t + self.drop_path(self.attention(u, height, width))
+        return t + self.drop_path(self.mlp(self.norm2(t))) + c
+
+
+class BlockGroup(nn.Module):
+    """A sequence of MSABs; the first carries the mask block, odd ones are shifted."""
+
+    def __init__(self, dim: int, depth: int, num_heads: int, window_size: int, mlp_ratio: float,
+                 drop_path: list[float], is_mask: bool, adl_drop_rate: float) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            MSAB(dim, num_heads, window_size, shift_size=0 if i % 2 == 0 else window_size // 2,
+                 mlp_ratio=mlp_ratio, drop_path=drop_path[i], is_mask=is_mask and i == 0,
+                 adl_drop_rate=adl_drop_rate)
+            for i in range(depth)
+        )
+
+    def forward(self, x: torch.Tensor, height: int, width: int, mask_map: torch.Tensor | None) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x, height, width, mask_map)
+        return x
+
+
+class MaskedTB(nn.Module):
+    """One stage: the block group, a 3×3 convolution, and a residual from the stage input."""
+
+    def __init__(self, dim: int, depth: int, num_heads: int, window_size: int, mlp_ratio: float,
+                 drop_path: list[float], is_mask: bool, adl_drop_rate: float) -> None:
+        super().__init__()
+        self.residual_group = BlockGroup(dim, depth, num_heads, window_size, mlp_ratio, drop_path,
+                                         is_mask, adl_drop_rate)
+        self.conv = nn.Conv2d(dim, dim, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, height: int, width: int, mask_map: torch.Tensor | None) -> torch.Tensor:
+        y = self.residual_group(x, height, width, mask_map)
+        return image_as_tokens(self.conv(tokens_as_image(y, height, width))) + x

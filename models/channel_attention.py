@@ -1,0 +1,94 @@
+"""ICAB: channel attention across exposures, anchored on the reference exposure.
+
+The released network computes it on B×C×H×W images with 1×1 convolutions; here it runs on the
+B×N×C tokens with the same weights used as linear maps, which is the same arithmetic without
+layout changes.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from timm.layers import Mlp
+from torch import nn
+
+
+def channel_attention_heads(dim: int, num_exposures: int, heads_per_exposure: int = 4) -> int:
+    """Head count of the channel attention for ``num_exposures`` inputs.
+
+    The released design uses 4·n heads. Where that does not divide ``dim``, take the divisor of
+    ``dim`` that is a multiple of n (so each head stays inside one exposure's channel slot) and
+    closest to 4·n, the smaller on a tie. The split has no weights, so this changes no parameter.
+    """
+    if num_exposures < 1 or dim % num_exposures:
+        supported = [n for n in range(1, dim + 1) if dim % n == 0]
+        raise ValueError(
+            f"{num_exposures} exposures are not supported with embed_dim={dim}: the number of exposures "
+            f"must divide the embedding width; supported counts: {supported}")
+    wanted = heads_per_exposure * num_exposures
+    if dim % wanted == 0:
+        return wanted
+    candidates = [h for h in range(num_exposures, dim + 1, num_exposures) if dim % h == 0]
+    return min(candidates, key=lambda h: (abs(h - wanted), h))
+
+
+class ChannelLayerNorm(nn.Module):
+    """Per-pixel LayerNorm over channels (biased variance, eps 1e-5), kept under ``body`` as in
+    the released checkpoints."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.body = nn.LayerNorm(dim, eps=1e-5)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.body(tokens)
+
+
+class MultiExposureChannelAttention(nn.Module):
+    """MCA: queries from the reference exposure's channel slot (tiled over the n slots), keys and
+    values from all channels; attention between channels, per head, over the whole image."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.q = nn.Conv2d(dim, dim, 1, bias=False)
+        self.k = nn.Conv2d(dim, dim, 1, bias=False)
+        self.v = nn.Conv2d(dim, dim, 1, bias=False)
+        self.project_out = nn.Conv2d(dim, dim, 1, bias=False)
+
+    def forward(self, w: torch.Tensor, num_exposures: int, num_heads: int) -> torch.Tensor:
+        """w: B×N×C normalised tokens → B×N×C."""
+        b, n, c = w.shape
+        slot = c // num_exposures
+        ref = num_exposures // 2
+        anchor = w[..., ref * slot:(ref + 1) * slot]
+        # conv_q applied to the anchor tiled n times equals the sum of its column blocks applied once.
+        q_weight = self.q.weight.view(c, num_exposures, slot).sum(dim=1)
+        q = F.linear(anchor, q_weight)
+        kv = F.linear(w, torch.cat([self.k.weight, self.v.weight]).view(2 * c, c))
+        k, v = kv.split(c, dim=-1)
+        # L2 normalisation over the spatial axis, per channel.
+        q = F.normalize(q, dim=1)
+        k = F.normalize(k, dim=1)
+        d = c // num_heads
+        q, k, v = (t.reshape(b, n, num_heads, d) for t in (q, k, v))
+        attn = torch.einsum("bnhi,bnhj->bhij", q, k).softmax(dim=-1)
+        out = torch.einsum("bhij,bnhj->bnhi", attn, v).reshape(b, n, c)
+        return F.linear(out, self.project_out.weight.view(c, c))
+
+
+class ICAB(nn.Module):
+    """Channel attention block: f = v + MCA(norm1_x(v)); f + MLP(norm2(f)).
+
+    ``norm1_y`` exists in the released checkpoints but is never used; it is kept so they load.
+    """
+
+    def __init__(self, dim: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.norm1_x = ChannelLayerNorm(dim)
+        self.norm1_y = ChannelLayerNorm(dim)
+        self.attn = MultiExposureChannelAttention(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, v: torch.Tensor, num_exposures: int, num_heads: int) -> torch.Tensor:
+        f = v + self.attn(self.norm1_x(v), num_exposures, num_heads)
+        return f + self.mlp(self.norm2(f))

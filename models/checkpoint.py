@@ -1,0 +1,184 @@
+"""Reading and writing SMNet checkpoints.
+
+Accepted formats: the released one (a dict with ``state_dict`` whose keys carry the
+``module.`` prefix of DataParallel), a bare state dict, and the project's own checkpoints
+(a dict with ``state_dict`` and ``config``). Files are read with ``weights_only=True``: a file
+that needs arbitrary unpickling is refused. The derived buffers of the released format
+(``relative_position_index``, ``attn_mask``) are dropped; the network recomputes them.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from .smnet import SMNet
+
+DERIVED_BUFFERS = ("relative_position_index", "attn_mask")
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read or does not fit the network."""
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint file safely (tensors and plain containers only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{path}: refused to load: the file holds Python objects beyond tensors and plain containers, "
+            f"and loading it would need full unpickling, which can run arbitrary code ({err})") from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({err})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a dict, found {type(data).__name__}")
+    return data
+
+
+def extract_state_dict(data: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The network's parameters from any accepted format, without wrapper prefixes or derived buffers."""
+    state = data.get("state_dict", data.get("model", data))
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError("no state dict found: expected a 'state_dict' entry or a dict of tensors")
+    clean = {}
+    for key, value in state.items():
+        for prefix in WRAPPER_PREFIXES:
+            while key.startswith(prefix):
+                key = key[len(prefix):]
+        if key.rsplit(".", 1)[-1] in DERIVED_BUFFERS:
+            continue
+        clean[key] = value
+    return clean
+
+
+def infer_config(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """Constructor options implied by a state dict's shapes (the released layout)."""
+    try:
+        embed_dim, in_chans = state["conv_first.0.weight"].shape[:2]
+        depths, num_heads = [], []
+        for stage in range(len([k for k in state if re.fullmatch(r"layers\.\d+\.conv\.weight", k)])):
+            blocks = {int(m.group(1)) for k in state
+                      if (m := re.match(rf"layers\.{stage}\.residual_group\.blocks\.(\d+)\.", k))}
+            depths.append(len(blocks))
+            table = state[f"layers.{stage}.residual_group.blocks.0.attn.relative_position_bias_table"]
+            num_heads.append(table.shape[1])
+        window_size = (round(table.shape[0] ** 0.5) + 1) // 2
+        hidden = state["layers.0.residual_group.blocks.0.mlp.fc1.weight"].shape[0]
+        channel_hidden = state["channel_layers.0.mlp.fc1.weight"].shape[0]
+    except (KeyError, UnboundLocalError) as err:
+        raise CheckpointError(f"not an SMNet state dict (missing {err})") from None
+    return dict(in_chans=int(in_chans), embed_dim=int(embed_dim), depths=depths, num_heads=num_heads,
+                window_size=window_size, mlp_ratio=hidden / embed_dim, channel_mlp_ratio=channel_hidden / embed_dim)
+
+
+def _first(items: list[str], count: int = 5) -> str:
+    shown = ", ".join(items[:count])
+    return shown + (f", … ({len(items)} in all)" if len(items) > count else "")
+
+
+def load_state_dict_strict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Load parameters by name and shape, every one required; a mismatch lists what differs."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    misshaped = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+                 if k in state and state[k].shape != v.shape]
+    if missing or unexpected or misshaped:
+        lines = [f"{source} does not fit this network ({type(model).__name__}):"]
+        if missing:
+            lines.append(f"  missing keys: {_first(missing)}")
+        if unexpected:
+            lines.append(f"  unexpected keys: {_first(unexpected)}")
+        if misshaped:
+            lines.append(f"  mis-shaped (checkpoint vs network): {_first(misshaped)}")
+        raise CheckpointError("\n".join(lines))
+    model.load_state_dict(state, strict=True)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare network inside DistributedDataParallel / DataParallel / torch.compile wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None:
+            return model
+        model = inner
+
+
+def load_model(path: str | os.PathLike, device: torch.device | str = "cpu", **overrides: Any) -> SMNet:
+    """Build an SMNet that fits the checkpoint at ``path`` and load its weights.
+
+    The architecture comes from the checkpoint's ``config`` when present, else from its shapes;
+    ``overrides`` (e.g. ``is_mask``, ``adl_drop_rate``) replace options that shapes cannot tell.
+    """
+    data = read_checkpoint(path)
+    try:
+        state = extract_state_dict(data)
+        config = dict(data.get("config") or infer_config(state))
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from None
+    config.update(overrides)
+    model = SMNet(**config)
+    load_state_dict_strict(unwrap(model), state, source=str(path))
+    return model.to(device)
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint's weights into an existing network; returns the whole checkpoint dict."""
+    data = read_checkpoint(path)
+    try:
+        state = extract_state_dict(data)
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from None
+    load_state_dict_strict(unwrap(model), state, source=str(path))
+    return data
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save to a temporary file in the same folder, then rename: a crash never leaves a
+    truncated checkpoint behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_model(path: str | os.PathLike, model: nn.Module, **extra: Any) -> None:
+    """Write the project's checkpoint format: ``state_dict`` (no prefix), ``config`` and extras."""
+    net = unwrap(model)
+    atomic_save({"state_dict": net.state_dict(), "config": dict(net.config), **extra}, path)
+
+
+def released_state_dict(model: SMNet) -> dict[str, torch.Tensor]:
+    """The state dict in the released layout: ``module.`` prefix and the derived buffers, computed
+    for the configured ``img_size``, so the released scripts can load it."""
+    from .window_attention import relative_position_index, shift_attention_mask
+
+    out = {}
+    for name, value in model.state_dict().items():
+        out[f"module.{name}"] = value
+        if name.endswith("norm1.weight") and ".residual_group.blocks." in name:
+            block_name = name[: -len("norm1.weight")]
+            block = model.get_submodule(block_name.rstrip("."))
+            ws = block.window_size
+            if block.shift_size > 0:
+                size = model.config["img_size"]
+                out[f"module.{block_name}attn_mask"] = shift_attention_mask(size, size, ws, block.shift_size).clone()
+            out[f"module.{block_name}attn.relative_position_index"] = relative_position_index(ws).clone()
+    return out

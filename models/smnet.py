@@ -1,0 +1,123 @@
+"""SMNet, the SMHDR network: shared shallow extractor, four stages of masked window blocks each
+followed by channel attention across exposures, and a skip from the reference exposure.
+
+Parameter names and shapes match the released checkpoints (``models.checkpoint`` loads them).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from timm.layers import Mlp, trunc_normal_
+from torch import nn
+
+from .blocks import MaskedTB, image_as_tokens, tokens_as_image
+from .channel_attention import ICAB, channel_attention_heads
+
+
+class PatchEmbedNorm(nn.Module):
+    """Holds the token LayerNorm under the released name ``patch_embed.norm``."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.norm(tokens)
+
+
+class SMNet(nn.Module):
+    """The SMHDR network. ``SMNet()`` is the released configuration (1,292,499 parameters).
+
+    Input: B×(in_chans·n)×H×W, per exposure ``[LDR^2.2 / t, LDR]``, shortest exposure first.
+    Output: B×3×H×W linear HDR in [0, 1]. ``mask_map`` (B×1×H×W, 1 keep / 0 masked) is used by
+    the mask blocks when the network is built with ``is_mask``. Any H×W works: the input is
+    padded by reflection to a multiple of the window size and the output cropped back.
+    """
+
+    def __init__(self, img_size: int = 128, in_chans: int = 6, embed_dim: int = 60,
+                 depths: Sequence[int] = (6, 6, 6, 6), num_heads: Sequence[int] = (6, 6, 6, 6),
+                 window_size: int = 8, mlp_ratio: float = 2.0, drop_path_rate: float = 0.1,
+                 is_mask: bool = False, adl_drop_rate: float = 0.75,
+                 ca_heads_per_exposure: int = 4, channel_mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        if len(depths) != len(num_heads):
+            raise ValueError(f"depths {list(depths)} and num_heads {list(num_heads)} differ in length")
+        self.config = dict(img_size=img_size, in_chans=in_chans, embed_dim=embed_dim, depths=list(depths),
+                           num_heads=list(num_heads), window_size=window_size, mlp_ratio=mlp_ratio,
+                           drop_path_rate=drop_path_rate, is_mask=is_mask, adl_drop_rate=adl_drop_rate,
+                           ca_heads_per_exposure=ca_heads_per_exposure, channel_mlp_ratio=channel_mlp_ratio)
+        self.in_chans = in_chans
+        self.embed_dim = embed_dim
+        self.window_size = window_size
+        self.ca_heads_per_exposure = ca_heads_per_exposure
+
+        self.conv_first = nn.Sequential(*(
+            nn.Conv2d(in_chans if i == 0 else embed_dim, embed_dim, 3, padding=1, padding_mode="reflect")
+            for i in range(3)))
+        self.patch_embed = PatchEmbedNorm(embed_dim)
+        self.mlp = Mlp(embed_dim, embed_dim)
+
+        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        starts = [sum(depths[:i]) for i in range(len(depths))]
+        self.layers = nn.ModuleList(
+            MaskedTB(embed_dim, depth, heads, window_size, mlp_ratio, rates[start:start + depth],
+                     is_mask, adl_drop_rate)
+            for depth, heads, start in zip(depths, num_heads, starts))
+        self.channel_layers = nn.ModuleList(ICAB(embed_dim, channel_mlp_ratio) for _ in depths)
+        self.mlps = nn.ModuleList(Mlp(embed_dim, embed_dim) for _ in depths)
+        self.norm = nn.LayerNorm(embed_dim)
+
+        self.conv_after_body = nn.Conv2d(embed_dim, embed_dim, 3, padding=1)
+        self.conv_skip = nn.Conv2d(embed_dim, embed_dim, 3, padding=1)
+        self.conv_end = nn.Conv2d(embed_dim, 3, 3, padding=1)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def num_exposures(self, x: torch.Tensor) -> int:
+        """Exposure count of an input, with a clear error when its channels do not fit."""
+        channels = x.shape[1]
+        if x.dim() != 4 or channels % self.in_chans:
+            raise ValueError(f"expected a B×({self.in_chans}·n)×H×W input, got shape {tuple(x.shape)}")
+        return channels // self.in_chans
+
+    def shallow_features(self, x: torch.Tensor, num_exposures: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Shared conv_first per exposure; each exposure's E channels averaged into E/n → slots
+        concatenated in exposure order. Returns (slots B×E×H×W, reference features B×E×H×W)."""
+        b, _, h, w = x.shape
+        n, e = num_exposures, self.embed_dim
+        f = self.conv_first(x.reshape(b * n, self.in_chans, h, w)).view(b, n, e, h, w)
+        slots = f.view(b, n, n, e // n, h, w).mean(dim=2).reshape(b, e, h, w)
+        return slots, f[:, n // 2]
+
+    def forward(self, x: torch.Tensor, mask_map: torch.Tensor | None = None) -> torch.Tensor:
+        n = self.num_exposures(x)
+        heads = channel_attention_heads(self.embed_dim, n, self.ca_heads_per_exposure)
+        height, width = x.shape[-2:]
+        pad_h, pad_w = (-height) % self.window_size, (-width) % self.window_size
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
+            if mask_map is not None:
+                mask_map = F.pad(mask_map, (0, pad_w, 0, pad_h), mode="reflect")
+        h, w = x.shape[-2:]
+        mask_tokens = None if mask_map is None else mask_map.reshape(x.shape[0], h * w, 1)
+
+        slots, f_ref = self.shallow_features(x, n)
+        x0 = self.patch_embed(image_as_tokens(slots))
+        t = self.mlp(x0)
+        for stage, channel_block, mlp in zip(self.layers, self.channel_layers, self.mlps):
+            t = stage(t, h, w, mask_tokens)
+            t = mlp(channel_block(t + x0, n, heads))
+        body = tokens_as_image(self.norm(t), h, w)
+        y = torch.sigmoid(self.conv_end(self.conv_after_body(body) + self.conv_skip(f_ref)))
+        return y[..., :height, :width]
