@@ -1,0 +1,1 @@
+"""Semantic segment maps for the training scenes (see segment.py)."""

@@ -1,0 +1,110 @@
+"""Reading and writing the benchmark images: LDR exposures (TIFF/PNG) and Radiance HDR labels.
+
+All functions speak RGB; OpenCV's BGR order stays inside this module. LDR values are
+normalised the way the released checkpoints expect: 16-bit values divided by 2**16
+(not 65535), 8-bit values by 255, clipped to [0, 1].
+"""
+from __future__ import annotations
+
+from os import PathLike
+from pathlib import Path
+from typing import Union
+
+import cv2
+import numpy as np
+
+PathType = Union[str, PathLike]
+
+_LDR_SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): float(2**16)}
+
+
+class ImageReadError(OSError):
+    """An image file is missing, cannot be decoded, or has an unexpected format."""
+
+
+class ImageWriteError(OSError):
+    """OpenCV refused to write an image file."""
+
+
+def _imread(path: PathType, flags: int) -> np.ndarray:
+    """cv2.imread that raises instead of silently returning None."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"image file not found: {path}")
+    image = cv2.imread(str(path), flags)
+    if image is None:
+        raise ImageReadError(f"cannot decode image file: {path}")
+    return image
+
+
+def _to_rgb(image: np.ndarray, path: PathType) -> np.ndarray:
+    """Convert an OpenCV gray/BGR/BGRA array to 3-channel RGB."""
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    if image.ndim == 3 and image.shape[2] == 3:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if image.ndim == 3 and image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    raise ImageReadError(f"unsupported image shape {image.shape} in {path}")
+
+
+def _imwrite(path: PathType, image: np.ndarray) -> None:
+    """cv2.imwrite that creates the parent folder and raises on failure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), image):
+        raise ImageWriteError(f"cannot write image file: {path}")
+
+
+def _check_rgb(rgb: np.ndarray, path: PathType) -> None:
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected an H×W×3 RGB array for {path}, got shape {rgb.shape}")
+
+
+def read_ldr(path: PathType) -> np.ndarray:
+    """Read an 8- or 16-bit LDR image (TIFF, PNG) as H×W×3 float32 RGB in [0, 1]."""
+    image = _imread(path, cv2.IMREAD_UNCHANGED)
+    scale = _LDR_SCALE.get(image.dtype)
+    if scale is None:
+        raise ImageReadError(f"expected an 8- or 16-bit LDR image, got {image.dtype} in {path}")
+    rgb = _to_rgb(image, path).astype(np.float32) / np.float32(scale)
+    return np.clip(rgb, 0.0, 1.0)
+
+
+def read_ldr_uint8(path: PathType) -> np.ndarray:
+    """Read an LDR image as H×W×3 uint8 RGB, e.g. for SAM (OpenCV divides 16-bit values by 256)."""
+    return _to_rgb(_imread(path, cv2.IMREAD_COLOR), path)
+
+
+def read_hdr(path: PathType) -> np.ndarray:
+    """Read a Radiance .hdr file as H×W×3 float32 linear RGB."""
+    image = _imread(path, cv2.IMREAD_UNCHANGED)
+    if image.dtype != np.float32:
+        raise ImageReadError(f"expected a floating-point HDR image, got {image.dtype} in {path}")
+    return _to_rgb(image, path)
+
+
+def write_hdr(path: PathType, rgb: np.ndarray) -> None:
+    """Write linear float RGB (H×W×3) as a Radiance .hdr file."""
+    _check_rgb(rgb, path)
+    bgr = cv2.cvtColor(np.ascontiguousarray(rgb, dtype=np.float32), cv2.COLOR_RGB2BGR)
+    _imwrite(path, bgr)
+
+
+def write_ldr(path: PathType, rgb: np.ndarray, bit_depth: int = 16) -> None:
+    """Write float RGB in [0, 1] as an 8- or 16-bit image (TIFF or PNG), full scale = 2**bits - 1."""
+    _check_rgb(rgb, path)
+    dtypes = {8: np.uint8, 16: np.uint16}
+    if bit_depth not in dtypes:
+        raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
+    top = 2**bit_depth - 1
+    quantised = np.rint(np.clip(rgb, 0.0, 1.0) * top).astype(dtypes[bit_depth])
+    _imwrite(path, cv2.cvtColor(quantised, cv2.COLOR_RGB2BGR))
+
+
+def write_png(path: PathType, rgb: np.ndarray) -> None:
+    """Write an 8-bit PNG from uint8 RGB or float RGB in [0, 1]."""
+    _check_rgb(rgb, path)
+    if rgb.dtype != np.uint8:
+        rgb = np.rint(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8)
+    _imwrite(path, cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
