@@ -11,7 +11,7 @@ import torch
 from timm.layers import DropPath, Mlp
 from torch import nn
 
-from .window_attention import WindowAttention, shift_attention_mask, window_partition, window_reverse
+from .window_attention import WindowAttention, window_layout
 
 
 def tokens_as_image(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -93,18 +93,12 @@ class MSAB(nn.Module):
         return image_as_tokens(c)
 
     def attention(self, u: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """(Shifted) window attention on B×N×C tokens: one gather puts the tokens in window order
+        (the cyclic shift included), one gather puts them back."""
         b, n, c = u.shape
-        ws, shift = self.window_size, self.shift_size
-        x = u.view(b, height, width, c)
-        mask = None
-        if shift > 0:
-            x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
-            mask = shift_attention_mask(height, width, ws, shift, u.device)
-        windows = window_partition(x, ws).view(-1, ws * ws, c)
-        x = window_reverse(self.attn(windows, mask).view(-1, ws, ws, c), ws, height, width)
-        if shift > 0:
-            x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
-        return x.reshape(b, n, c)
+        layout = window_layout(height, width, self.window_size, self.shift_size, u.device)
+        windows = u.index_select(1, layout.order).view(b, -1, self.window_size**2, c)
+        return self.attn(windows, layout).view(b, n, c).index_select(1, layout.inverse)
 
     def forward(self, t: torch.Tensor, height: int, width: int,
                 mask_map: torch.Tensor | None = None) -> torch.Tensor:

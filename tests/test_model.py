@@ -1,0 +1,268 @@
+"""SMNet: released fixtures, checkpoint formats, exposure counts, sizes, autocast and gradients."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.checkpoint import (
+    CheckpointError,
+    load_model,
+    read_checkpoint,
+    released_state_dict,
+    save_model,
+)
+from models.channel_attention import channel_attention_heads
+from models.inference import pad_to_multiple, reconstruct
+from models.smnet import SMNet
+from models.window_attention import WindowAttention, attention, window_layout, window_partition
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SHARED_REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+TINY = dict(embed_dim=12, depths=(2, 2), num_heads=(2, 2), window_size=8)
+
+
+class Opaque:
+    """Stands for any Python object that only full unpickling could restore."""
+
+
+def run_fixture(io_path: Path) -> float:
+    io = torch.load(io_path, weights_only=True)
+    model = load_model(io_path.with_name(io_path.name.replace(".io.pt", ".pth")),
+                       is_mask=io["is_mask"], adl_drop_rate=io["adl_drop_rate"]).eval()
+    with torch.no_grad():
+        out = model(io["input"], io.get("mask_map"))
+    assert out.shape == io["output"].shape
+    return (out - io["output"]).abs().max().item()
+
+
+@pytest.mark.parametrize("io_path", sorted(FIXTURES.glob("*.io.pt")), ids=lambda p: p.name)
+def test_released_fixtures_are_reproduced(io_path: Path) -> None:
+    assert run_fixture(io_path) <= 1e-5
+
+
+def test_fixture_set_includes_the_masked_one() -> None:
+    masked = [torch.load(p, weights_only=True) for p in FIXTURES.glob("*.io.pt")]
+    assert any(io["is_mask"] and io.get("mask_map") is not None for io in masked)
+
+
+def test_full_size_fixture() -> None:
+    paths = sorted(SHARED_REFERENCE.glob("full_*.io.pt"))
+    if not paths:
+        pytest.skip(f"the default-size fixture is not present under {SHARED_REFERENCE}")
+    for io_path in paths:
+        assert run_fixture(io_path) <= 1e-5
+
+
+def test_default_network_matches_the_released_key_list() -> None:
+    model = SMNet()
+    assert sum(p.numel() for p in model.parameters()) == 1_292_499
+    assert sum(p.numel() for p in model.conv_first.parameters()) == 68_220
+    listed = {}
+    for line in (FIXTURES / "smnet_state_dict.tsv").read_text().splitlines():
+        if line and not line.startswith("#"):
+            key, shape, _kind = line.split("\t")
+            listed[key] = tuple(int(v) for v in re.findall(r"\d+", shape))
+    released = {k.removeprefix("module."): tuple(v.shape) for k, v in released_state_dict(model).items()}
+    assert released == listed
+
+
+def test_released_state_dict_round_trips_through_the_loader(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = SMNet(**TINY).eval()
+    path = tmp_path / "released.pth"
+    torch.save({"state_dict": released_state_dict(model)}, path)
+    loaded = load_model(path).eval()
+    x = torch.rand(1, 18, 24, 40)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+
+
+def test_project_and_bare_checkpoints_round_trip(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    model = SMNet(**TINY, is_mask=True).eval()
+    save_model(tmp_path / "project.pth", model, epoch=3)
+    torch.save(model.state_dict(), tmp_path / "bare.pth")
+    x = torch.rand(2, 18, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+        for name in ("project.pth", "bare.pth"):
+            loaded = load_model(tmp_path / name, is_mask=True).eval()
+            assert torch.equal(loaded(x), expected), name
+    assert read_checkpoint(tmp_path / "project.pth")["epoch"] == 3
+
+
+def test_wrong_checkpoint_lists_missing_unexpected_and_misshaped_keys(tmp_path: Path) -> None:
+    state = SMNet(**TINY).state_dict()
+    state["extra.weight"] = torch.zeros(1)
+    del state["conv_end.bias"]
+    state["conv_after_body.weight"] = torch.zeros(12, 12, 5, 5)
+    torch.save({"state_dict": state, "config": SMNet(**TINY).config}, tmp_path / "other.pth")
+    with pytest.raises(CheckpointError) as err:
+        load_model(tmp_path / "other.pth")
+    message = str(err.value)
+    assert "other.pth" in message
+    assert "missing keys: conv_end.bias" in message
+    assert "unexpected keys: extra.weight" in message
+    assert "conv_after_body.weight (12, 12, 5, 5) vs (12, 12, 3, 3)" in message
+
+
+def test_foreign_and_pickled_files_are_refused(tmp_path: Path) -> None:
+    torch.save({"state_dict": {"fc.weight": torch.zeros(2, 2)}}, tmp_path / "foreign.pth")
+    with pytest.raises(CheckpointError, match="not an SMNet state dict"):
+        load_model(tmp_path / "foreign.pth")
+
+    torch.save({"state_dict": {}, "object": Opaque()}, tmp_path / "pickled.pth")
+    with pytest.raises(CheckpointError, match="refused to load"):
+        read_checkpoint(tmp_path / "pickled.pth")
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        read_checkpoint(tmp_path / "absent.pth")
+
+
+@pytest.mark.parametrize("exposures", [1, 2, 3, 4, 5, 6])
+def test_every_exposure_count_runs_with_the_default_width(exposures: int) -> None:
+    heads = channel_attention_heads(60, exposures)
+    assert 60 % heads == 0 and heads % exposures == 0
+    model = SMNet(depths=(1,), num_heads=(6,)).eval()
+    with torch.no_grad():
+        out = model(torch.rand(1, 6 * exposures, 16, 16))
+    assert out.shape == (1, 3, 16, 16)
+    assert torch.isfinite(out).all()
+
+
+def test_head_count_follows_the_released_rule_and_rejects_unsupported_counts() -> None:
+    assert [channel_attention_heads(60, n) for n in range(1, 7)] == [4, 6, 12, 12, 20, 30]
+    with pytest.raises(ValueError, match=r"7 exposures are not supported.*supported counts: \[1, 2, 3, 4, 5, 6, 10"):
+        channel_attention_heads(60, 7)
+    with pytest.raises(ValueError, match="expected a B"):
+        SMNet(**TINY)(torch.rand(1, 20, 16, 16))
+
+
+@pytest.mark.parametrize("size", [(17, 23), (8, 9), (33, 8), (50, 61)])
+def test_odd_sizes_pad_and_crop(size: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    model = SMNet(**TINY).eval()
+    x = torch.rand(1, 18, *size)
+    with torch.no_grad():
+        out = model(x)
+        assert out.shape == (1, 3, *size)
+        padded = pad_to_multiple(x, 8)
+        assert torch.allclose(out, model(padded)[..., : size[0], : size[1]], atol=1e-6)
+        assert reconstruct(model, x).shape == (1, 3, *size)
+
+
+def test_pad_to_multiple_reflects_at_bottom_and_right_only() -> None:
+    x = torch.arange(12.0).view(1, 1, 3, 4)
+    padded = pad_to_multiple(x, 8)
+    assert padded.shape == (1, 1, 8, 8)
+    assert torch.equal(padded[..., :3, :4], x)
+    assert torch.equal(padded[0, 0, 3, :4], x[0, 0, 1])  # reflection, not replication
+    tall = pad_to_multiple(torch.rand(1, 2, 5, 130), 128)
+    assert tall.shape == (1, 2, 128, 256)
+
+
+def test_reconstruct_reproduces_the_released_test_protocol() -> None:
+    torch.manual_seed(0)
+    model = SMNet(**TINY).eval()
+    x = torch.rand(1, 18, 100, 70)
+    manual = torch.nn.functional.pad(x, (0, 128 - 70, 0, 128 - 100), mode="reflect")
+    with torch.no_grad():
+        expected = model(manual)[..., :100, :70].clamp(0, 1)
+    assert torch.equal(reconstruct(model, x), expected)
+
+
+def test_window_layout_gathers_shifted_windows_like_roll_and_partition() -> None:
+    h, w, ws, shift = 16, 24, 8, 4
+    x = torch.rand(2, h, w, 5)
+    layout = window_layout(h, w, ws, shift)
+    expected = window_partition(torch.roll(x, (-shift, -shift), dims=(1, 2)), ws).reshape(2, -1, 5)
+    gathered = x.reshape(2, h * w, 5).index_select(1, layout.order)
+    assert torch.equal(gathered, expected)
+    assert torch.equal(gathered.index_select(1, layout.inverse), x.reshape(2, h * w, 5))
+    # Only the last row and column of windows mix regions: 2 rows × 3 columns → 4 windows.
+    assert layout.border.tolist() == [2, 3, 4, 5]
+
+
+def test_window_attention_equals_full_masked_attention() -> None:
+    torch.manual_seed(0)
+    h, w, ws, shift = 16, 24, 8, 4
+    attn = WindowAttention(12, ws, 3)
+    windows = torch.rand(2, (h // ws) * (w // ws), ws * ws, 12)
+    layout = window_layout(h, w, ws, shift)
+    from models.window_attention import shift_attention_mask
+
+    qkv = attn.qkv(windows).view(-1, ws * ws, 3, 3, 4).permute(2, 0, 3, 1, 4)
+    mask = shift_attention_mask(h, w, ws, shift).repeat(2, 1, 1).unsqueeze(1)
+    bias = attn.relative_position_bias().unsqueeze(0) + mask
+    ref = torch.softmax(qkv[0] @ qkv[1].transpose(-1, -2) * attn.scale + bias, -1) @ qkv[2]
+    ref = attn.proj(ref.transpose(1, 2).reshape(2, -1, ws * ws, 12))
+    with torch.no_grad():
+        assert torch.allclose(attn(windows, layout), ref, atol=1e-5)
+    assert torch.allclose(attn(windows, layout), ref, atol=1e-5)  # the gradient-enabled path
+
+
+def test_fused_and_explicit_attention_agree() -> None:
+    q, k, v = (torch.randn(4, 2, 16, 8) for _ in range(3))
+    bias = torch.randn(2, 16, 16, requires_grad=True)
+    explicit = attention(q, k, v, bias, 0.3)
+    with torch.no_grad():
+        fused = attention(q, k, v, bias, 0.3)
+    assert torch.allclose(explicit, fused, atol=1e-5)
+
+
+def test_bfloat16_autocast_stays_close_to_float32() -> None:
+    torch.manual_seed(0)
+    model = SMNet(**TINY).eval()
+    x = torch.rand(1, 18, 32, 32)
+    with torch.no_grad():
+        reference = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(x)
+    assert low.dtype == torch.bfloat16
+    assert (low.float() - reference).abs().max() < 0.05
+    assert (low.float() - reference).abs().mean() < 0.01
+
+
+def test_gradient_reaches_every_parameter_with_a_mask_map() -> None:
+    torch.manual_seed(0)
+    # 24 channels: 12 channel-attention heads of 2 channels (with 1 channel per head the
+    # channel softmax is constant and the query weights would rightly get no gradient).
+    model = SMNet(**{**TINY, "embed_dim": 24}, is_mask=True, adl_drop_rate=1.0).train()
+    x = torch.rand(2, 18, 32, 32)
+    mask_map = (torch.rand(2, 1, 32, 32) > 0.5).float()
+    out = model(x, mask_map)
+    out.mean().backward()
+    unused = {"norm1_y"}  # kept for the released checkpoints, never used (see MODEL.md)
+    for name, param in model.named_parameters():
+        if any(part in name for part in unused):
+            assert param.grad is None, name
+            continue
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+def test_mask_map_changes_the_output_only_when_masking_is_on() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(1, 18, 32, 32)
+    mask_map = torch.zeros(1, 1, 32, 32)
+    plain = SMNet(**TINY).eval()
+    masked = SMNet(**TINY, is_mask=True, adl_drop_rate=1.0).eval()
+    masked.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        assert torch.equal(plain(x, mask_map), plain(x))
+        assert not torch.allclose(masked(x, mask_map), masked(x))
+        assert torch.equal(masked(x), plain(x))
+
+
+def test_torch_compile_matches_eager() -> None:
+    pytest.importorskip("torch._dynamo")
+    torch.manual_seed(0)
+    model = SMNet(embed_dim=12, depths=(2,), num_heads=(2,)).eval()
+    x = torch.rand(1, 18, 16, 16)
+    try:
+        compiled = torch.compile(model, backend="eager")
+    except RuntimeError as err:  # pragma: no cover - platform without dynamo support
+        pytest.skip(f"torch.compile unavailable: {err}")
+    with torch.no_grad():
+        assert torch.allclose(compiled(x), model(x), atol=1e-6)
