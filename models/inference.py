@@ -1,12 +1,20 @@
-"""Full-image inference: the released test protocol (pad to a multiple, one pass, clamp, crop).
+"""Full-image inference: the released test protocol (pad to a multiple, one pass, clamp, crop),
+and a tiled mode for images too large for the accelerator's memory.
 
 The released evaluation pads every test image by reflection at the bottom and right to a
 multiple of 128 before the forward pass; the metric-guided training pass pads to a multiple
 of 16. ``reconstruct`` keeps both available so results match the released numbers exactly.
+
+``reconstruct_tiled`` runs overlapping tiles through ``reconstruct`` one at a time and blends
+them with raised-cosine ramps on the host, so the device's peak memory depends on the tile
+size only. The network's channel attention (ICAB) pools over the whole image, so tiled output
+is close to, but not the same as, one pass; with a tile at least as large as the image it is
+the same computation as ``reconstruct``.
 """
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Iterator
 
 import torch
@@ -26,6 +34,10 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     pad_h, pad_w = (-height) % multiple, (-width) % multiple
     if not (pad_h or pad_w):
         return x
+    if (height == 1 and pad_h) or (width == 1 and pad_w):
+        # A single row or column cannot be reflected: repeat it, then pad the other axis.
+        x = F.pad(x, (0, pad_w if width == 1 else 0, 0, pad_h if height == 1 else 0), mode="replicate")
+        return pad_to_multiple(x, multiple)
     if pad_h >= height or pad_w >= width:
         # Reflection cannot pad by more than the size minus one; repeat it in steps.
         step_h, step_w = min(pad_h, height - 1), min(pad_w, width - 1)
@@ -42,6 +54,22 @@ def autocast_context(device: torch.device, amp: str | None) -> contextlib.Abstra
     if amp not in dtypes:
         raise ValueError(f"unknown --amp {amp!r}: use bf16 or fp16")
     return torch.autocast(device.type, dtype=dtypes[amp])
+
+
+def resolve_amp(amp: str | None, device: torch.device | str) -> tuple[str | None, str | None]:
+    """The autocast mode to use on ``device`` for a requested ``amp`` and a note when it changes.
+
+    None/'none'/'fp32' mean float32. On CUDA, bf16 and fp16 are used as asked. On the CPU, bf16 is
+    kept (CPU autocast supports it) and fp16 falls back to float32 with a note, since CPU
+    kernels for float16 are slow or missing.
+    """
+    if amp in (None, "", "none", "fp32"):
+        return None, None
+    if amp not in ("bf16", "fp16"):
+        raise ValueError(f"unknown --amp {amp!r}: use bf16 or fp16")
+    if torch.device(device).type != "cuda" and amp == "fp16":
+        return None, f"fp16 autocast is not supported on {torch.device(device).type}; running in float32 instead"
+    return amp, None
 
 
 @torch.inference_mode()
@@ -64,3 +92,85 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         yield model
     finally:
         model.train(was_training)
+
+
+# ---------------------------------------------------------------------------
+# Tiled inference
+# ---------------------------------------------------------------------------
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of size ``tile`` covering ``[0, length)`` with at least ``overlap``
+    pixels shared by neighbours; the first starts at 0, the last ends at ``length``, the rest
+    are evenly spaced. A single tile (start 0) when ``tile >= length``."""
+    if tile <= 0:
+        raise ValueError(f"tile must be positive, got {tile}")
+    if not 0 <= overlap < tile:
+        raise ValueError(f"tile overlap must be in [0, tile), got {overlap} for tile {tile}")
+    if length <= tile:
+        return [0]
+    count = math.ceil((length - overlap) / (tile - overlap))
+    return [round(i * (length - tile) / (count - 1)) for i in range(count)]
+
+
+def _raised_cosine(length: int, rising: bool) -> torch.Tensor:
+    """``length`` samples of a ramp from 0 to 1 (``rising``) or 1 to 0, taken at pixel centres;
+    a rising and a falling ramp of the same length sum to 1 sample by sample."""
+    position = (torch.arange(length, dtype=torch.float64) + 0.5) / length
+    up = torch.sin(0.5 * math.pi * position) ** 2
+    return up if rising else 1.0 - up
+
+
+def blend_weights_1d(length: int, tile: int, overlap: int) -> list[tuple[int, torch.Tensor]]:
+    """(start, weights) per tile along one axis: 1 inside, raised-cosine ramps across each region
+    shared with a neighbour, normalised so that the weights of all tiles sum to 1 at every pixel."""
+    starts = tile_starts(length, tile, overlap)
+    ends = [min(start + tile, length) for start in starts]
+    windows = []
+    for i, (start, end) in enumerate(zip(starts, ends)):
+        weights = torch.ones(end - start, dtype=torch.float64)
+        if i > 0:  # ramp up across the region shared with the previous tile
+            shared = ends[i - 1] - start
+            weights[:shared] *= _raised_cosine(shared, rising=True)
+        if i + 1 < len(starts):  # ramp down across the region shared with the next tile
+            shared = end - starts[i + 1]
+            weights[end - start - shared:] *= _raised_cosine(shared, rising=False)
+        windows.append(weights)
+    total = torch.zeros(length, dtype=torch.float64)
+    for start, weights in zip(starts, windows):
+        total[start:start + weights.numel()] += weights
+    return [(start, (weights / total[start:start + weights.numel()]).float())
+            for start, weights in zip(starts, windows)]
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+@torch.inference_mode()
+def reconstruct_tiled(model: nn.Module, inputs: torch.Tensor, tile: int, overlap: int = 32,
+                      amp: str | None = None, multiple: int = TEST_PAD_MULTIPLE,
+                      device: torch.device | str | None = None) -> torch.Tensor:
+    """Reconstruct B×(6n)×H×W inputs tile by tile; returns float32 B×3×H×W on the CPU.
+
+    Tiles are ``tile``×``tile`` (smaller where the image is), overlap by at least ``overlap``
+    pixels, and each goes through ``reconstruct`` (padded by reflection to ``multiple``, clamped).
+    The overlaps are blended with separable raised-cosine weights that sum to 1 at every pixel.
+    Only one tile at a time is on ``device`` (default: the model's); the output is accumulated
+    in host memory, so the device's peak memory does not grow with the image. With ``tile`` at
+    least the image's size the result is exactly that of ``reconstruct``.
+    """
+    device = _model_device(model) if device is None else torch.device(device)
+    batch, _, height, width = inputs.shape
+    rows = blend_weights_1d(height, tile, overlap)
+    cols = blend_weights_1d(width, tile, overlap)
+    if len(rows) == 1 and len(cols) == 1:
+        return reconstruct(model, inputs.to(device), multiple, amp).cpu()
+    output = torch.zeros(batch, 3, height, width, dtype=torch.float32)
+    for top, row_weights in rows:
+        bottom = top + row_weights.numel()
+        for left, col_weights in cols:
+            right = left + col_weights.numel()
+            piece = reconstruct(model, inputs[..., top:bottom, left:right].to(device), multiple, amp).cpu()
+            output[..., top:bottom, left:right] += piece * (row_weights[:, None] * col_weights[None, :])
+    return output.clamp_(0.0, 1.0)  # a convex blend of clamped tiles; the clamp only absorbs rounding

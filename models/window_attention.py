@@ -19,6 +19,7 @@ SHIFT_MASK_VALUE = -100.0
 
 
 @lru_cache(maxsize=None)
+@torch.inference_mode(False)  # cached tensors must stay usable by autograd later
 def relative_position_index(window_size: int) -> torch.Tensor:
     """(ws², ws²) index into the bias table: (dy + ws − 1)·(2ws − 1) + (dx + ws − 1)."""
     coords = torch.stack(torch.meshgrid(torch.arange(window_size), torch.arange(window_size), indexing="ij"))
@@ -28,6 +29,7 @@ def relative_position_index(window_size: int) -> torch.Tensor:
 
 
 @lru_cache(maxsize=32)
+@torch.inference_mode(False)
 def _shift_mask_cpu(height: int, width: int, window_size: int, shift: int) -> torch.Tensor:
     regions = torch.zeros(height, width)
     bounds = (slice(0, -window_size), slice(-window_size, -shift), slice(-shift, None))
@@ -59,6 +61,7 @@ class WindowLayout(NamedTuple):
 _layouts: dict[tuple, WindowLayout] = {}
 
 
+@torch.inference_mode(False)  # a layout first built during evaluation is reused in training
 def window_layout(height: int, width: int, window_size: int, shift: int,
                   device: torch.device | str = "cpu") -> WindowLayout:
     """The cached ``WindowLayout`` of an image size, window size and shift on ``device``."""

@@ -242,6 +242,19 @@ def test_gradient_reaches_every_parameter_with_a_mask_map() -> None:
         assert param.grad is not None and param.grad.abs().sum() > 0, name
 
 
+def test_training_works_after_a_first_forward_at_a_new_size_in_inference_mode() -> None:
+    """Layouts and position indices cached during evaluation must stay usable by autograd."""
+    torch.manual_seed(0)
+    model = SMNet(**TINY)
+    x = torch.rand(1, 18, 40, 56)  # a size no other test uses, so the caches are built here
+    with torch.inference_mode():
+        expected = model.eval()(x)
+    out = model(x)
+    out.mean().backward()
+    assert torch.allclose(out.detach(), expected, atol=1e-6)
+    assert model.conv_first[0].weight.grad is not None
+
+
 def test_mask_map_changes_the_output_only_when_masking_is_on() -> None:
     torch.manual_seed(0)
     x = torch.rand(1, 18, 32, 32)

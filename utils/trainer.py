@@ -1,0 +1,517 @@
+"""The SMHDR training loop shared by ``train_phase1.py`` and ``train_phase2.py`` (TRAINING.md).
+
+One epoch: a metric-guided update when it is due (per-segment PSNR-μ of full training scenes →
+per-segment mask ratios and loss weights), then ``repeat`` passes over random training crops
+with the masked step (phase 2) or the plain step (phase 1), then a checkpoint, and every
+``--test_interval`` epochs a test-split evaluation.
+
+Reproducibility: every epoch reseeds the RNGs from (seed, epoch, rank), so a run killed at
+any moment and resumed from ``last.pth`` trains the interrupted epoch exactly as the
+uninterrupted run would have.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from tqdm import tqdm
+
+from datasets import HDRFullImageDataset, HDRTrainDataset
+from models.checkpoint import CheckpointError, atomic_save, load_weights, unwrap
+from models.inference import GUIDED_PAD_MULTIPLE, TEST_PAD_MULTIPLE, autocast_context, eval_mode, reconstruct
+from models.smnet import SMNet
+from utils import distributed
+from utils.curriculum import (
+    SegmentTables,
+    build_lr_scheduler,
+    is_guided_update_epoch,
+    mask_ratio,
+    segment_psnr_mu,
+    update_tables,
+)
+from utils.evaluation import evaluate_model
+from utils.losses import HDRLoss, VGGWeightsNotFoundError, build_loss
+from utils.masking import build_loss_map, build_mask_map
+from utils.tonemap import mu_tonemap
+from utils.training_options import model_config, parse_args
+
+LOG = logging.getLogger("smhdr.train")
+TRAINABLE_WHEN_FROZEN = ("conv_first.",)
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+
+def freeze_all_but_shallow_extractor(model: nn.Module) -> float:
+    """Train only ``conv_first`` (shared by all exposures); returns the trainable share."""
+    total = trainable = 0
+    for name, parameter in unwrap(model).named_parameters():
+        parameter.requires_grad_(name.startswith(TRAINABLE_WHEN_FROZEN))
+        total += parameter.numel()
+        trainable += parameter.numel() if parameter.requires_grad else 0
+    return trainable / total
+
+
+def count_segment_ids(dataset: HDRFullImageDataset) -> int:
+    """Size of the per-segment tables: the largest segment ID of the split plus one."""
+    largest = -1
+    for index in range(len(dataset)):
+        segments = dataset.load_scene(index).segments
+        largest = max(largest, int(np.max(segments)))
+    return largest + 1
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """A distinct, reproducible seed for every (run seed, epoch, rank)."""
+    return (seed * 1_000_003 + epoch * 7_919 + rank * 104_729) % 2**62
+
+
+def rng_states() -> dict[str, Any]:
+    """Python, NumPy and torch RNG states in a form ``torch.load(weights_only=True)`` accepts."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    states: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: Mapping[str, Any]) -> None:
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, position, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def plain_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The options as plain values (paths as strings) for a checkpoint or a log."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+
+
+# ----------------------------------------------------------------------------- the steps
+
+
+@dataclass
+class StepTimes:
+    """Seconds spent in each part of the training steps of an epoch."""
+
+    mask_map: float = 0.0
+    forward: float = 0.0
+    backward: float = 0.0
+    steps: int = 0
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def training_step(model: nn.Module, batch: Mapping[str, torch.Tensor], loss_fn: HDRLoss,
+                  optimizer: torch.optim.Optimizer, ratio_table: torch.Tensor | None,
+                  weight_table: torch.Tensor | None, device: torch.device, amp: str | None = None,
+                  scaler: torch.amp.GradScaler | None = None, generator: torch.Generator | None = None,
+                  times: StepTimes | None = None) -> dict[str, torch.Tensor]:
+    """One optimiser step on a batch; ``ratio_table`` None means no masking (phase 1),
+    ``weight_table`` None a loss map of ones. Returns the loss terms (detached) and the mask map."""
+    inputs = batch["input"].to(device, non_blocking=True)
+    label = batch["label"].to(device, non_blocking=True)
+    start = time.perf_counter()
+    mask_map = loss_map = None
+    if ratio_table is not None or weight_table is not None:
+        segments = batch["segments"].to(device, non_blocking=True)
+        if ratio_table is not None:
+            mask_map = build_mask_map(segments, ratio_table, generator)
+        if weight_table is not None:
+            loss_map = build_loss_map(segments, weight_table)
+    if times is not None:
+        _sync(device)
+        after_maps = time.perf_counter()
+        times.mask_map += after_maps - start
+    with autocast_context(device, amp):
+        prediction = model(inputs, mask_map)
+    losses = loss_fn(prediction, label, loss_map)
+    if times is not None:
+        _sync(device)
+        after_forward = time.perf_counter()
+        times.forward += after_forward - after_maps
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(losses["loss"]).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        losses["loss"].backward()
+        optimizer.step()
+    if times is not None:
+        _sync(device)
+        times.backward += time.perf_counter() - after_forward
+        times.steps += 1
+    return {"loss": losses["loss"].detach(), "l1": losses["l1"], "perceptual": losses["perceptual"],
+            "mask_map": mask_map if mask_map is not None else torch.ones_like(label[:, :1])}
+
+
+def metric_guided_update(model: nn.Module, scenes: HDRFullImageDataset, tables: SegmentTables, ratio: float,
+                         args: argparse.Namespace, process: distributed.ProcessInfo,
+                         amp: str | None = None) -> int:
+    """Per-segment PSNR-μ of every training scene (each rank takes every world_size-th scene),
+    merged over ranks into new mask ratios and loss weights; returns the segments updated."""
+    net = unwrap(model)
+    indices = range(process.rank, len(scenes), process.world_size)
+    bar = tqdm(indices, desc="metric-guided update", unit="scene", leave=False,
+               disable=args.no_progress or not process.is_main)
+    with eval_mode(net):
+        for index in bar:
+            sample = scenes[index]
+            inputs = sample["input"].unsqueeze(0).to(process.device)
+            prediction = reconstruct(net, inputs, GUIDED_PAD_MULTIPLE, amp)[0].float()
+            ids, psnr = segment_psnr_mu(prediction, sample["label"].to(process.device), sample["segments"])
+            update_tables(tables, ids, psnr, ratio, args.is_guided_mask, args.is_guided_loss,
+                          args.mask_temperature, args.loss_temperature)
+    tables.all_reduce_pending()
+    return tables.commit()
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclass
+class RunState:
+    """What a checkpoint carries besides the weights."""
+
+    epoch: int = 0
+    best_psnr_mu: float = -math.inf
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class Trainer:
+    """Builds everything from parsed options and runs the epochs of one phase."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.process = distributed.init_process(args.device)
+        self.device = self.process.device
+        self.amp = None if args.amp == "none" else args.amp
+        if self.amp == "fp16" and self.device.type != "cuda":
+            LOG.warning("fp16 autocast needs CUDA; training in float32")
+            self.amp = None
+        self.logdir = Path(args.logdir)
+        self.state = RunState()
+        self._setup_logging()
+
+        self.train_set = HDRTrainDataset(args.dataset_dir, args.train_path, args.patch_size, args.repeat,
+                                         with_masks=True, cache=self._cache())
+        self.guided_set = HDRFullImageDataset(args.dataset_dir, args.train_path, with_masks=True,
+                                              cache=self._cache())
+        self.test_set = HDRFullImageDataset(args.dataset_dir, args.test_path, cache=self._cache()) \
+            if (Path(args.dataset_dir) / args.test_path).is_dir() else None
+        self.tables = SegmentTables(count_segment_ids(self.guided_set), device=self.device)
+
+        seed_everything(args.seed)
+        self.model = SMNet(**model_config(args)).to(self.device)
+        self.loss_fn = build_loss(args.le_lambda, args.vgg_weights).to(self.device)
+        start_epoch = self._load_initial_weights()
+        self.trainable_share = 1.0
+        if args.is_freeze or args.finetune_from is not None:
+            self.trainable_share = freeze_all_but_shallow_extractor(self.model)
+            self.log(f"fine-tuning: only conv_first is trained ({100 * self.trainable_share:.2f} % of the parameters)")
+        parameters = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(parameters, lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp == "fp16" else None
+        if self._resume_data is not None:
+            self._restore_training_state(self._resume_data)
+        # built after the optimiser state is restored: the learning rate is a function of the epoch
+        self.scheduler = build_lr_scheduler(self.optimizer, args.lr, args.lr_min, args.phase1_epochs, args.epochs,
+                                            start_epoch=start_epoch)
+        self.start_epoch = start_epoch
+        self.train_model = self._wrap(self.model)
+        self.writer = self._tensorboard()
+
+    # -- setup helpers
+
+    def _cache(self) -> str | None:
+        return None if self.args.cache == "none" else self.args.cache
+
+    def _setup_logging(self) -> None:
+        LOG.setLevel(logging.INFO)
+        LOG.propagate = False
+        LOG.handlers.clear()
+        if not self.process.is_main:
+            return
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        for handler in (logging.StreamHandler(sys.stdout), logging.FileHandler(self.logdir / "train.log")):
+            handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+            LOG.addHandler(handler)
+
+    def log(self, message: str) -> None:
+        if self.process.is_main:
+            LOG.info(message)
+
+    def _tensorboard(self) -> Any:
+        if not self.process.is_main:
+            return None
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(str(self.logdir / "tensorboard"))
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        if self.args.compile:
+            model = torch.compile(model)
+        if self.process.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # norm1_y of every block is never used by the released network (MODEL.md).
+            model = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+        return model
+
+    def _resume_path(self) -> Path | None:
+        last = self.logdir / "last.pth"
+        if last.is_file() and not self.args.restart:
+            if self.args.resume is not None and self.args.resume.resolve() != last.resolve():
+                self.log(f"{last} exists: continuing this run from it instead of --resume {self.args.resume} "
+                         "(pass --restart to start over)")
+            return last
+        return self.args.resume
+
+    def _load_initial_weights(self) -> int:
+        """Load --finetune_from or the checkpoint to resume; returns the first epoch to train."""
+        args = self.args
+        self._resume_data: dict[str, Any] | None = None
+        default_start = 1 if args.phase == 1 else args.phase1_epochs + 1
+        if args.finetune_from is not None:
+            load_weights(self.model, args.finetune_from)
+            self.log(f"weights from {args.finetune_from}")
+            return args.start_epoch or default_start
+        path = self._resume_path()
+        if path is None:
+            return args.start_epoch or default_start
+        data = load_weights(self.model, path)
+        self.log(f"resumed weights from {path}")
+        if "optimizer" in data:
+            self._resume_data = data
+        saved_epoch = int(data.get("epoch", 0))
+        start = args.start_epoch or max(saved_epoch + 1, default_start)
+        if args.phase == 2 and start <= args.phase1_epochs:
+            raise SystemExit(f"error: phase 2 starts after epoch {args.phase1_epochs}; --start_epoch {start} "
+                             "belongs to phase 1 (use train_phase1.py)")
+        return start
+
+    def _restore_training_state(self, data: Mapping[str, Any]) -> None:
+        """Optimiser, tables, RNG and run history of a project checkpoint (the scheduler is
+        rebuilt for the start epoch: the learning rate is a function of the epoch)."""
+        try:
+            self.optimizer.load_state_dict(data["optimizer"])
+        except ValueError as err:
+            self.log(f"note: optimiser state not restored ({err}); starting Adam afresh")
+        if "tables" in data:
+            self.tables.load_state_dict(data["tables"])
+        if "rng" in data:
+            restore_rng_states(data["rng"])
+        if "scaler" in data and self.scaler is not None:
+            self.scaler.load_state_dict(data["scaler"])
+        self.state = RunState(int(data.get("epoch", 0)), float(data.get("best_psnr_mu", -math.inf)),
+                              list(data.get("history", [])))
+
+    # -- checkpoints
+
+    def checkpoint(self, epoch: int) -> dict[str, Any]:
+        net = unwrap(self.model)
+        data = {
+            "state_dict": net.state_dict(), "config": dict(net.config), "epoch": epoch, "phase": self.args.phase,
+            "preset": self.args.preset, "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "tables": self.tables.state_dict(), "rng": rng_states(),
+            "best_psnr_mu": self.state.best_psnr_mu, "history": self.state.history, "args": plain_args(self.args),
+        }
+        if self.scaler is not None:
+            data["scaler"] = self.scaler.state_dict()
+        return data
+
+    def save(self, epoch: int, improved: bool) -> None:
+        if not self.process.is_main:
+            return
+        data = self.checkpoint(epoch)
+        atomic_save(data, self.logdir / "last.pth")
+        if improved:
+            atomic_save(data, self.logdir / "best.pth")
+        if epoch % self.args.save_interval == 0 or epoch == self.last_epoch:
+            atomic_save(data, self.logdir / f"epoch_{epoch:04d}.pth")
+
+    # -- epochs
+
+    @property
+    def last_epoch(self) -> int:
+        return self.args.phase1_epochs if self.args.phase == 1 else self.args.epochs
+
+    def loader(self, epoch: int) -> DataLoader:
+        """This epoch's shuffled loader, seeded by (seed, epoch) so resumed epochs repeat exactly."""
+        generator = torch.Generator().manual_seed(epoch_seed(self.args.seed, epoch))
+        if self.process.distributed:
+            sampler = DistributedSampler(self.train_set, self.process.world_size, self.process.rank,
+                                         shuffle=True, seed=self.args.seed, drop_last=True)
+            sampler.set_epoch(epoch)
+        else:
+            sampler = RandomSampler(self.train_set, generator=generator)
+        return DataLoader(self.train_set, batch_size=self.args.batch_size, sampler=sampler,
+                          num_workers=self.args.num_workers, pin_memory=self.device.type == "cuda",
+                          drop_last=True, generator=generator, persistent_workers=False)
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        args = self.args
+        seed_everything(epoch_seed(args.seed, epoch, self.process.rank))
+        ratio = mask_ratio(epoch, args.phase1_epochs, args.epochs, args.max_mask_ratio, args.is_curriculum,
+                           args.constant_mask_ratio)
+        guided = (args.is_guided_mask or args.is_guided_loss) and is_guided_update_epoch(
+            epoch, args.phase1_epochs, args.metric_guided_interval)
+        if guided:
+            updated = metric_guided_update(self.model, self.guided_set, self.tables, ratio, args, self.process,
+                                           self.amp)
+            self.log(f"epoch {epoch}: metric-guided update of {updated} segments (R = {ratio:.3f})")
+        ratio_table = None
+        if ratio > 0:
+            ratio_table = self.tables.ratio if args.is_guided_mask else torch.full_like(self.tables.ratio, ratio)
+        weight_table = self.tables.weight if args.is_guided_loss else None
+        generator = torch.Generator(device=self.device).manual_seed(epoch_seed(args.seed, epoch, self.process.rank))
+
+        self.train_model.train()
+        loader = self.loader(epoch)
+        total_steps = len(loader) if args.max_steps is None else min(len(loader), args.max_steps)
+        sums = {"loss": 0.0, "l1": 0.0, "perceptual": 0.0}
+        times = StepTimes()
+        bar = tqdm(total=total_steps, desc=f"epoch {epoch}/{self.last_epoch}", unit="step",
+                   disable=args.no_progress or not self.process.is_main, leave=False)
+        started = time.perf_counter()
+        last = None
+        for step, batch in enumerate(loader):
+            if step >= total_steps:
+                break
+            last = training_step(self.train_model, batch, self.loss_fn, self.optimizer, ratio_table, weight_table,
+                                 self.device, self.amp, self.scaler, generator, times)
+            if not torch.isfinite(last["loss"]):
+                raise FloatingPointError(f"epoch {epoch}, step {step + 1}: the loss is {float(last['loss'])}; "
+                                         "lower --lr or train in float32")
+            for key in sums:
+                sums[key] += float(last[key])
+            bar.set_postfix(loss=f"{sums['loss'] / (step + 1):.4f}", R=f"{ratio:.2f}")
+            bar.update()
+        bar.close()
+        seconds = time.perf_counter() - started
+        steps = max(times.steps, 1)
+        stats = {key: value / steps for key, value in sums.items()}
+        stats.update(lr=self.optimizer.param_groups[0]["lr"], mask_ratio=ratio, seconds=seconds,
+                     samples_per_second=steps * args.batch_size * self.process.world_size / max(seconds, 1e-9),
+                     mask_map_share=times.mask_map / max(seconds, 1e-9))
+        self.scheduler.step()
+        self._last_mask_map = None if last is None else last["mask_map"][:1].detach().float().cpu()
+        return stats
+
+    def evaluate(self) -> dict[str, float]:
+        """Test-split means (rank 0 only) with the evaluation module's metrics."""
+        if self.test_set is None or not self.process.is_main:
+            return {}
+        table = evaluate_model(unwrap(self.model), self.test_set, self.device, TEST_PAD_MULTIPLE, self.amp,
+                               progress=not self.args.no_progress)
+        return table.means()
+
+    def write_scalars(self, epoch: int, stats: Mapping[str, float], metrics: Mapping[str, float]) -> None:
+        if self.writer is None:
+            return
+        for key in ("loss", "l1", "perceptual"):
+            self.writer.add_scalar(f"train/{key}", stats[key], epoch)
+        self.writer.add_scalar("train/learning_rate", stats["lr"], epoch)
+        self.writer.add_scalar("train/mask_ratio", stats["mask_ratio"], epoch)
+        self.writer.add_scalar("train/samples_per_second", stats["samples_per_second"], epoch)
+        self.writer.add_scalar("train/mean_loss_weight", float(self.tables.weight.mean()), epoch)
+        for key, value in metrics.items():
+            self.writer.add_scalar(f"test/{key}", value, epoch)
+        self.writer.flush()
+
+    def write_images(self, epoch: int) -> None:
+        """Tone-mapped reference input, prediction and label of the first test scene, and a mask map."""
+        if self.writer is None or self.test_set is None:
+            return
+        sample = self.test_set[0]
+        inputs = sample["input"].unsqueeze(0).to(self.device)
+        with eval_mode(unwrap(self.model)):
+            prediction = reconstruct(unwrap(self.model), inputs, TEST_PAD_MULTIPLE, self.amp)[0].float().cpu()
+        exposures = inputs.shape[1] // 6
+        reference = sample["input"][6 * (exposures // 2) + 3:6 * (exposures // 2) + 6]
+        self.writer.add_image("test/reference_ldr", reference.clamp(0, 1), epoch)
+        self.writer.add_image("test/prediction_mu", mu_tonemap(prediction.clamp(0, 1)), epoch)
+        self.writer.add_image("test/label_mu", mu_tonemap(sample["label"].clamp(0, 1)), epoch)
+        if getattr(self, "_last_mask_map", None) is not None:
+            self.writer.add_image("train/mask_map", self._last_mask_map[0], epoch)
+
+    def run(self, until: int | None = None) -> RunState:
+        """Train from the start epoch to the phase's last epoch (or to ``until``, inclusive)."""
+        args = self.args
+        stop = self.last_epoch if until is None else min(until, self.last_epoch)
+        if self.start_epoch > self.last_epoch:
+            self.log(f"nothing to train: start epoch {self.start_epoch} is past phase {args.phase}'s last epoch "
+                     f"{self.last_epoch}")
+            return self.state
+        params = sum(p.numel() for p in self.model.parameters())
+        self.log(f"phase {args.phase}: epochs {self.start_epoch}-{self.last_epoch}, {len(self.train_set.scene_dirs)} "
+                 f"training scenes × repeat {args.repeat}, batch {args.batch_size} × {self.process.world_size} "
+                 f"process(es), {params:,} parameters, {self.tables.num_ids} segment IDs, device {self.device}, "
+                 f"amp {self.amp or 'fp32'}; logs in {self.logdir}")
+        for epoch in range(self.start_epoch, stop + 1):
+            stats = self.train_epoch(epoch)
+            metrics: dict[str, float] = {}
+            if epoch % args.test_interval == 0 or epoch == self.last_epoch:
+                metrics = self.evaluate()
+                if self.process.is_main:
+                    self.write_images(epoch)
+            improved = bool(metrics) and metrics["psnr_mu"] > self.state.best_psnr_mu
+            if improved:
+                self.state.best_psnr_mu = metrics["psnr_mu"]
+            self.state.epoch = epoch
+            self.state.history.append({"epoch": epoch, **{k: float(v) for k, v in stats.items()},
+                                       **{f"test_{k}": float(v) for k, v in metrics.items()}})
+            self.write_scalars(epoch, stats, metrics)
+            tested = "".join(f", test {k} {v:.4f}" for k, v in metrics.items() if k in ("psnr_mu", "psnr_l", "ssim_mu"))
+            self.log(f"epoch {epoch}: loss {stats['loss']:.5f} (l1 {stats['l1']:.5f}, perceptual "
+                     f"{stats['perceptual']:.4f}), lr {stats['lr']:.2e}, mask ratio {stats['mask_ratio']:.3f}, "
+                     f"{stats['samples_per_second']:.1f} samples/s{tested}")
+            self.save(epoch, improved)
+            distributed.barrier()
+        if self.writer is not None:
+            self.writer.close()
+        return self.state
+
+
+def main(phase: int, argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``train_phase1.py`` / ``train_phase2.py``."""
+    args = parse_args(phase, argv)
+    try:
+        trainer = Trainer(args)
+    except (VGGWeightsNotFoundError, CheckpointError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        distributed.cleanup()
+        return 2
+    try:
+        trainer.run()
+    finally:
+        distributed.cleanup()
+    return 0

@@ -1,0 +1,138 @@
+"""Command-line options of ``train_phase1.py`` and ``train_phase2.py``.
+
+Option names and defaults follow the released training scripts (TRAINING.md), so the paper's
+commands work unchanged. A ``--preset`` replaces the defaults of a group of options (options
+given explicitly on the command line always win): ``tiny`` makes a network and a schedule
+small enough for a CPU run of a few minutes.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Sequence
+
+from utils.losses import DEFAULT_LE_LAMBDA
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "tiny": dict(embed_dim=24, depths=[2, 2], num_heads=[2, 2], patch_size=64, batch_size=4, repeat=4,
+                 epochs=10, phase1_epochs=6, metric_guided_interval=2, test_interval=2, save_interval=5,
+                 le_lambda=0.0, drop_path_rate=0.0),
+}
+"""Defaults replaced by ``--preset NAME``. ``paper`` is the released recipe (nothing replaced)."""
+
+
+def str2bool(value: str | bool) -> bool:
+    """``--is_curriculum``, ``--is_curriculum True`` and ``--is_curriculum false`` all parse."""
+    if isinstance(value, bool):
+        return value
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "y", "on"):
+        return True
+    if lowered in ("0", "false", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {value!r}")
+
+
+def _flag(group: argparse._ArgumentGroup, name: str, default: bool, help: str) -> None:
+    group.add_argument(name, type=str2bool, nargs="?", const=True, default=default, metavar="BOOL", help=help)
+
+
+def build_parser(phase: int) -> argparse.ArgumentParser:
+    """The argument parser of one training phase (1: epochs 1–300, 2: epochs 301–400)."""
+    parser = argparse.ArgumentParser(
+        description=f"SMHDR training, phase {phase}: " + (
+            "plain reconstruction, no masking (epochs 1-300)." if phase == 1 else
+            "semantic-masking curriculum from a phase-1 checkpoint (epochs 301-400)."),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="paper",
+                        help="replace the defaults of network size and schedule (tiny: a CPU run of minutes)")
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset_dir", type=Path, required=True, help="dataset folder holding the splits")
+    data.add_argument("--train_path", default="Training", help="training split folder inside --dataset_dir")
+    data.add_argument("--test_path", default="Test", help="test split folder inside --dataset_dir")
+    data.add_argument("--patch_size", type=int, default=128, help="training crop size")
+    data.add_argument("--repeat", type=int, default=100, help="passes over the training scenes per epoch")
+    data.add_argument("--cache", choices=("none", "memory", "npy"), default="npy",
+                      help="decoded-scene cache (npy: memory-mapped files in <scene>/.cache/)")
+    data.add_argument("--num_workers", type=int, default=2, help="DataLoader worker processes")
+
+    schedule = parser.add_argument_group("schedule")
+    schedule.add_argument("--epochs", type=int, default=400, help="last epoch of the whole recipe")
+    schedule.add_argument("--phase1_epochs", type=int, default=300, help="last epoch of phase 1")
+    schedule.add_argument("--start_epoch", type=int, default=None,
+                          help="first epoch to train (default: after the resumed checkpoint's epoch, "
+                               f"else {'1' if phase == 1 else 'phase1_epochs + 1'})")
+    schedule.add_argument("--batch_size", type=int, default=8, help="batch size per process")
+    schedule.add_argument("--lr", type=float, default=5e-4, help="initial (and phase-2 restart) learning rate")
+    schedule.add_argument("--lr_min", type=float, default=5e-5, help="floor of the cosine schedule")
+    schedule.add_argument("--max_mask_ratio", type=float, default=0.9, help="peak of the mask-ratio curriculum")
+    schedule.add_argument("--constant_mask_ratio", type=float, default=0.75,
+                          help="phase-2 mask ratio without the curriculum")
+    _flag(schedule, "--is_curriculum", True, "mask ratio rises then falls in phase 2 (else constant)")
+    _flag(schedule, "--is_guided_mask", True, "per-segment mask ratios from per-segment PSNR-mu")
+    _flag(schedule, "--is_guided_loss", True, "per-segment loss weights from per-segment PSNR-mu")
+    schedule.add_argument("--metric_guided_interval", type=int, default=5,
+                          help="phase-1 epochs between metric-guided updates (every epoch in phase 2)")
+    schedule.add_argument("--mask_temperature", type=float, default=0.05, help="softmax temperature of mask ratios")
+    schedule.add_argument("--loss_temperature", type=float, default=0.1, help="softmax temperature of loss weights")
+
+    loss = parser.add_argument_group("loss")
+    loss.add_argument("--le_lambda", type=float, default=DEFAULT_LE_LAMBDA,
+                      help="weight of the VGG-19 perceptual term (0 turns it off)")
+    loss.add_argument("--vgg_weights", type=Path, default=None,
+                      help="ImageNet VGG-19 weights file (torchvision or timm); default: the local caches")
+
+    net = parser.add_argument_group("network")
+    net.add_argument("--embed_dim", type=int, default=60)
+    net.add_argument("--depths", type=int, nargs="+", default=[6, 6, 6, 6])
+    net.add_argument("--num_heads", type=int, nargs="+", default=[6, 6, 6, 6])
+    net.add_argument("--window_size", type=int, default=8)
+    net.add_argument("--drop_path_rate", type=float, default=0.1)
+    net.add_argument("--adl_drop_rate", type=float, default=0.75,
+                     help="probability that a mask block applies the mask map (else its importance map)")
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--logdir", type=Path, default=Path(f"runs/phase{phase}"),
+                     help="checkpoints, TensorBoard events and train.log")
+    run.add_argument("--resume", type=Path, default=None,
+                     help="checkpoint to continue from (a phase-1 checkpoint for phase 2); "
+                          "<logdir>/last.pth, when present, is used first unless --restart")
+    run.add_argument("--restart", action="store_true", help="ignore <logdir>/last.pth")
+    run.add_argument("--finetune_from", type=Path, default=None,
+                     help="load these weights, train only conv_first (adapting to another exposure count)")
+    _flag(run, "--is_freeze", False, "train only conv_first (the shallow extractor)")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (torchrun sets it per rank)")
+    run.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="autocast precision")
+    run.add_argument("--compile", action="store_true", help="torch.compile the network for training")
+    run.add_argument("--test_interval", type=int, default=10, help="epochs between test-split evaluations")
+    run.add_argument("--save_interval", type=int, default=50, help="epochs between kept epoch_NNNN.pth files")
+    run.add_argument("--max_steps", type=int, default=None, help="stop each epoch after this many steps (smoke runs)")
+    run.add_argument("--no_progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def parse_args(phase: int, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the options of one phase, the preset's defaults applied under the explicit ones."""
+    parser = build_parser(phase)
+    known, _ = parser.parse_known_args(argv)
+    parser.set_defaults(**PRESETS[known.preset])
+    args = parser.parse_args(argv)
+    args.phase = phase
+    if len(args.depths) != len(args.num_heads):
+        parser.error(f"--depths {args.depths} and --num_heads {args.num_heads} differ in length")
+    if not 0 <= args.phase1_epochs <= args.epochs:
+        parser.error(f"need 0 <= --phase1_epochs ({args.phase1_epochs}) <= --epochs ({args.epochs})")
+    for name in ("batch_size", "patch_size", "repeat", "metric_guided_interval", "test_interval", "save_interval"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be positive")
+    return args
+
+
+def model_config(args: argparse.Namespace) -> dict[str, Any]:
+    """SMNet constructor options from parsed arguments (mask blocks always built)."""
+    return dict(img_size=args.patch_size, embed_dim=args.embed_dim, depths=list(args.depths),
+                num_heads=list(args.num_heads), window_size=args.window_size,
+                drop_path_rate=args.drop_path_rate, is_mask=True, adl_drop_rate=args.adl_drop_rate)
