@@ -193,10 +193,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {err}", file=sys.stderr)
             failed.append(checkpoint)
             continue
-        except Exception as err:  # e.g. torch.load's own errors on files that are not checkpoints
-            print(f"error: {checkpoint}: cannot be loaded ({type(err).__name__}: {err})", file=sys.stderr)
-            failed.append(checkpoint)
-            continue
         writer = SceneOutputWriter(out_dir, args.preview_operator, args.side_by_side, not args.no_save_images)
         result = evaluate_scenes(model, dataset, device, args.pad_multiple, amp, args.ssim_variant, with_pu21,
                                  with_cvvdp, args.peak_luminance, args.tile, args.tile_overlap,

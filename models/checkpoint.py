@@ -12,6 +12,7 @@ import os
 import pickle
 import re
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -28,6 +29,13 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be read or does not fit the network."""
 
 
+def looks_like_torch_file(path: Path) -> bool:
+    """A zip archive (torch.save's format) or a pickle stream (its legacy format)."""
+    with path.open("rb") as handle:
+        head = handle.read(2)
+    return zipfile.is_zipfile(path) or head[:1] == b"\x80"
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load a checkpoint file safely (tensors and plain containers only)."""
     path = Path(path)
@@ -36,11 +44,13 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        if not looks_like_torch_file(path):
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither a zip archive nor a pickle)") from None
         raise CheckpointError(
             f"{path}: refused to load: the file holds Python objects beyond tensors and plain containers, "
             f"and loading it would need full unpickling, which can run arbitrary code ({err})") from None
-    except (RuntimeError, EOFError, OSError) as err:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({err})") from None
+    except Exception as err:  # truncated zips, text files, foreign formats: torch raises many types
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a dict, found {type(data).__name__}")
     return data

@@ -119,6 +119,12 @@ def test_foreign_and_pickled_files_are_refused(tmp_path: Path) -> None:
         read_checkpoint(tmp_path / "pickled.pth")
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         read_checkpoint(tmp_path / "absent.pth")
+    (tmp_path / "notes.pth").write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
+        read_checkpoint(tmp_path / "notes.pth")
+    (tmp_path / "short.pth").write_bytes(b"hello")
+    with pytest.raises(CheckpointError, match="not a .*PyTorch checkpoint"):
+        read_checkpoint(tmp_path / "short.pth")
 
 
 @pytest.mark.parametrize("exposures", [1, 2, 3, 4, 5, 6])

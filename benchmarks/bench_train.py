@@ -1,0 +1,101 @@
+"""Speed of one masked training step of the default SMNet: median step time split into mask-map
+construction, forward (with the loss) and backward + Adam, its FLOPs, and the achieved share
+of the machine's matmul FLOP/s.
+
+    python benchmarks/bench_train.py                          # CPU: batch 4, 128², 3 exposures
+    python benchmarks/bench_train.py --device cuda --batch 8 --amp bf16
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import count_flops, describe_machine, matmul_flops_per_second  # noqa: E402
+from models.smnet import SMNet  # noqa: E402
+from utils.losses import HDRLoss  # noqa: E402
+from utils.trainer import StepTimes, training_step  # noqa: E402
+
+NUM_IDS = 5000
+
+
+def voronoi_segments(batch: int, size: int, per_crop: int, generator: torch.Generator) -> torch.Tensor:
+    """B×size×size IDs: ``per_crop`` irregular cells per crop, IDs drawn from a NUM_IDS table."""
+    seeds = torch.randint(0, NUM_IDS, (batch, per_crop), generator=generator)
+    centres = torch.rand(batch, per_crop, 2, generator=generator) * size
+    ys, xs = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    grid = torch.stack([ys, xs], -1).float().view(1, -1, 1, 2)
+    nearest = (grid - centres.view(batch, 1, -1, 2)).square().sum(-1).argmin(-1)
+    return torch.gather(seeds, 1, nearest).view(batch, size, size)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--exposures", type=int, default=3)
+    parser.add_argument("--segments", type=int, default=20, help="segments per crop")
+    parser.add_argument("--mask_ratio", type=float, default=0.5)
+    parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps (after 2 warm-up steps)")
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    generator = torch.Generator().manual_seed(0)
+    batch = {
+        "input": torch.rand(args.batch, 6 * args.exposures, args.size, args.size, generator=generator),
+        "label": torch.rand(args.batch, 3, args.size, args.size, generator=generator),
+        "segments": voronoi_segments(args.batch, args.size, args.segments, generator),
+    }
+    ratio_table = torch.full((NUM_IDS,), args.mask_ratio, device=device)
+    weight_table = torch.ones(NUM_IDS, device=device)
+    model = SMNet(is_mask=True).to(device).train()
+    loss_fn = HDRLoss(0.0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=5e-4)
+    amp = None if args.amp == "none" else args.amp
+    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+    mask_generator = torch.Generator(device=device).manual_seed(0)
+
+    def step(times: StepTimes | None = None) -> None:
+        training_step(model, batch, loss_fn, optimizer, ratio_table, weight_table, device, amp, scaler,
+                      mask_generator, times)
+
+    def forward_backward() -> None:
+        inputs = batch["input"].to(device)
+        out = model(inputs, torch.ones_like(inputs[:, :1]))
+        loss_fn(out, batch["label"].to(device))["loss"].backward()
+
+    flops = count_flops(forward_backward)
+    optimizer.zero_grad(set_to_none=True)
+    peak = matmul_flops_per_second(device)
+    for _ in range(2):
+        step()
+    totals, parts = [], []
+    for _ in range(args.steps):
+        times = StepTimes()
+        step(times)
+        parts.append(times)
+        totals.append(times.mask_map + times.forward + times.backward)
+    median_index = sorted(range(len(totals)), key=totals.__getitem__)[len(totals) // 2]
+    seconds = statistics.median(totals)
+    median_parts = parts[median_index]
+    achieved = flops / seconds
+    print(f"machine: {describe_machine(device)}")
+    print(f"matmul float32: {peak / 1e9:.1f} GFLOP/s")
+    print(f"training step, default SMNet, batch {args.batch}, {args.size}x{args.size}, {args.exposures} exposures, "
+          f"mask ratio {args.mask_ratio} over ~{args.segments} segments per crop, le_lambda 0, amp {args.amp}:")
+    print(f"  median step {seconds * 1e3:.0f} ms over {args.steps} steps: mask map "
+          f"{median_parts.mask_map * 1e3:.1f} ms ({100 * median_parts.mask_map / seconds:.2f} %), forward + loss "
+          f"{median_parts.forward * 1e3:.0f} ms, backward + Adam {median_parts.backward * 1e3:.0f} ms")
+    print(f"  {flops / 1e9:.1f} GFLOP per step (forward + backward), {achieved / 1e9:.1f} GFLOP/s = "
+          f"{100 * achieved / peak:.0f} % of matmul")
+
+
+if __name__ == "__main__":
+    main()
