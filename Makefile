@@ -4,8 +4,21 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= demo_output
+# Give a SAM checkpoint to segment the demo scenes with Segment Anything instead of superpixels:
+#   make demo SAM_CHECKPOINT=pretrain_model/sam_vit_h_4b8939.pth
+SAM_CHECKPOINT ?=
+SEGMENT_ARGS = $(if $(SAM_CHECKPOINT),--mode sam --sam_checkpoint $(SAM_CHECKPOINT),--mode superpixel)
+DEMO_TRAIN_ARGS = --dataset_dir $(DEMO_DIR)/data --preset tiny --patch_size 96 --batch_size 8 --repeat 8 \
+	--phase1_epochs 12 --epochs 16 --metric_guided_interval 4 --test_interval 4 --num_workers 0 --seed 0
 
-.PHONY: setup test demo clean-demo
+# The shipped demo checkpoint (pretrain_model/demo_smnet.pth): the project's recipe, tiny network,
+# on generated scenes (seed 1): about 15 minutes on 2 CPU cores.
+CKPT_DIR ?= demo_checkpoint_run
+CKPT_TRAIN_ARGS = --dataset_dir $(CKPT_DIR)/data --preset tiny --patch_size 96 --batch_size 8 --repeat 10 \
+	--phase1_epochs 12 --epochs 16 --metric_guided_interval 4 --test_interval 4 --save_interval 4 \
+	--num_workers 0 --seed 1 --no_progress
+
+.PHONY: setup test demo demo-checkpoint clean-demo
 
 setup: $(VENV)/.installed
 
@@ -17,6 +30,33 @@ $(VENV)/.installed: requirements.txt
 
 test: setup
 	$(PY) -m pytest -q
+
+demo: setup
+	rm -rf $(DEMO_DIR)
+	$(PY) -m datasets.synthetic --out $(DEMO_DIR)/data --train 12 --test 3 --size 256 320 --seed 7
+	$(PY) -m segmask.segment --dataset_dir $(DEMO_DIR)/data $(SEGMENT_ARGS) --no_progress
+	$(PY) train_phase1.py $(DEMO_TRAIN_ARGS) --logdir $(DEMO_DIR)/runs/phase1
+	$(PY) train_phase2.py $(DEMO_TRAIN_ARGS) --logdir $(DEMO_DIR)/runs/phase2 \
+		--resume $(DEMO_DIR)/runs/phase1/last.pth
+	$(PY) test.py --dataset_dir $(DEMO_DIR)/data --pretrained_model $(DEMO_DIR)/runs/phase2/last.pth \
+		--save_dir $(DEMO_DIR)/results/just_trained --baselines --side_by_side --no_progress
+	$(PY) test.py --dataset_dir $(DEMO_DIR)/data --pretrained_model pretrain_model/demo_smnet.pth \
+		--save_dir $(DEMO_DIR)/results/demo_checkpoint --baselines --side_by_side --no_progress
+	@echo
+	@echo "Done. Where things are:"
+	@echo "  generated scenes and masks: $(DEMO_DIR)/data/{Training,Test}/scene_*/ (masks.png previews the segments)"
+	@echo "  training logs:              $(DEMO_DIR)/runs/phase{1,2}/train.log, checkpoints last.pth / best.pth"
+	@echo "  TensorBoard:                $(PY) -m tensorboard.main --logdir $(DEMO_DIR)/runs"
+	@echo "  HDR results (.hdr, .png):   $(DEMO_DIR)/results/{just_trained,demo_checkpoint}/"
+	@echo "  metrics:                    $(DEMO_DIR)/results/*/metrics.csv, summary.json, baselines.csv"
+
+demo-checkpoint: setup
+	rm -rf $(CKPT_DIR)
+	$(PY) -m datasets.synthetic --out $(CKPT_DIR)/data --train 24 --test 4 --size 256 320 --seed 1
+	$(PY) -m segmask.segment --dataset_dir $(CKPT_DIR)/data --mode superpixel --no_progress
+	$(PY) train_phase1.py $(CKPT_TRAIN_ARGS) --logdir $(CKPT_DIR)/phase1
+	$(PY) train_phase2.py $(CKPT_TRAIN_ARGS) --logdir $(CKPT_DIR)/phase2 --resume $(CKPT_DIR)/phase1/last.pth
+	$(PY) -m models.checkpoint export $(CKPT_DIR)/phase2/last.pth pretrain_model/demo_smnet.pth
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

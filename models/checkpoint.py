@@ -192,3 +192,34 @@ def released_state_dict(model: SMNet) -> dict[str, torch.Tensor]:
                 out[f"module.{block_name}attn_mask"] = shift_attention_mask(size, size, ws, block.shift_size).clone()
             out[f"module.{block_name}attn.relative_position_index"] = relative_position_index(ws).clone()
     return out
+
+
+def export_weights(source: str | os.PathLike, target: str | os.PathLike, **extra: Any) -> None:
+    """Write only the weights and ``config`` of a training checkpoint (no optimiser, tables or
+    RNG state): the small file to share or ship. ``extra`` fields (e.g. provenance) are kept."""
+    model = load_model(source)
+    data = read_checkpoint(source)
+    keep = {key: data[key] for key in ("epoch", "phase") if key in data}
+    save_model(target, model, **keep, **extra)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m models.checkpoint export TRAINING_CHECKPOINT OUT.pth``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Checkpoint tools.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    export = commands.add_parser("export", help="keep only the weights and config of a training checkpoint")
+    export.add_argument("source", type=Path)
+    export.add_argument("target", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        export_weights(args.source, args.target)
+    except CheckpointError as err:
+        parser.exit(2, f"error: {err}\n")
+    print(f"wrote {args.target} ({args.target.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

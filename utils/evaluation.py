@@ -91,32 +91,6 @@ def evaluate_scenes(
     return result
 
 
-def evaluate_model(
-    model: nn.Module,
-    scenes: Iterable[Mapping[str, object]],
-    device: torch.device | str,
-    multiple: int = TEST_PAD_MULTIPLE,
-    amp: str | None = None,
-    ssim_variant: str = "released",
-    with_pu21: bool = False,
-    progress: bool = False,
-    on_scene: SceneCallback | None = None,
-    *,
-    with_cvvdp: bool = False,
-    peak_luminance: float = DEFAULT_PEAK_LUMINANCE,
-    tile: int = 0,
-    tile_overlap: int = 32,
-) -> MetricTable:
-    """Reconstruct every scene (samples of ``HDRFullImageDataset``) and tabulate its metrics.
-
-    ``on_scene(sample, prediction)`` is called with each scene's 3×H×W float32 CPU prediction
-    (for writing outputs). The model's train/eval mode is restored afterwards. See
-    ``evaluate_scenes`` for the timed variant.
-    """
-    return evaluate_scenes(model, scenes, device, multiple, amp, ssim_variant, with_pu21, with_cvvdp,
-                           peak_luminance, tile, tile_overlap, progress, on_scene).table
-
-
 # ---------------------------------------------------------------------------
 # Classical baselines on the same scenes
 # ---------------------------------------------------------------------------

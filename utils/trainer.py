@@ -41,7 +41,7 @@ from utils.curriculum import (
     segment_psnr_mu,
     update_tables,
 )
-from utils.evaluation import evaluate_model
+from utils.evaluation import evaluate_scenes
 from utils.losses import HDRLoss, VGGWeightsNotFoundError, build_loss
 from utils.masking import build_loss_map, build_mask_map
 from utils.tonemap import mu_tonemap
@@ -430,9 +430,9 @@ class Trainer:
         """Test-split means (rank 0 only) with the evaluation module's metrics."""
         if self.test_set is None or not self.process.is_main:
             return {}
-        table = evaluate_model(unwrap(self.model), self.test_set, self.device, TEST_PAD_MULTIPLE, self.amp,
-                               progress=not self.args.no_progress)
-        return table.means()
+        result = evaluate_scenes(unwrap(self.model), self.test_set, self.device, TEST_PAD_MULTIPLE, self.amp,
+                                 progress=not self.args.no_progress)
+        return result.table.means()
 
     def write_scalars(self, epoch: int, stats: Mapping[str, float], metrics: Mapping[str, float]) -> None:
         if self.writer is None:
