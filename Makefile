@@ -46,7 +46,7 @@ demo: setup
 	@echo "Done. Where things are:"
 	@echo "  generated scenes and masks: $(DEMO_DIR)/data/{Training,Test}/scene_*/ (masks.png previews the segments)"
 	@echo "  training logs:              $(DEMO_DIR)/runs/phase{1,2}/train.log, checkpoints last.pth / best.pth"
-	@echo "  TensorBoard:                $(PY) -m tensorboard.main --logdir $(DEMO_DIR)/runs"
+	@echo "  TensorBoard:                $(VENV)/bin/tensorboard --logdir $(DEMO_DIR)/runs"
 	@echo "  HDR results (.hdr, .png):   $(DEMO_DIR)/results/{just_trained,demo_checkpoint}/"
 	@echo "  metrics:                    $(DEMO_DIR)/results/*/metrics.csv, summary.json, baselines.csv"
 

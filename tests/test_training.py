@@ -90,6 +90,13 @@ def test_phase2_masks_on_the_curriculum_and_updates_the_tables(dataset, tmp_path
     assert 0.5 < float(weights[weights != 1].mean()) < 2.0
 
 
+def test_bfloat16_autocast_trains_on_the_cpu(dataset, tmp_path):
+    trainer = run_phase(1, dataset, tmp_path / "bf16", "--phase1_epochs", "1", "--epochs", "1", "--amp", "bf16")
+    assert trainer.amp == "bf16"
+    assert math.isfinite(trainer.state.history[-1]["loss"])
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+
+
 def test_phase2_refuses_a_phase1_start_epoch(dataset, tmp_path):
     args = parse_args(2, ["--dataset_dir", str(dataset), "--logdir", str(tmp_path), *FAST, "--phase1_epochs", "3",
                           "--epochs", "5", "--start_epoch", "2", "--resume", str(tmp_path / "none.pth")])
