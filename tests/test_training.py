@@ -97,11 +97,31 @@ def test_bfloat16_autocast_trains_on_the_cpu(dataset, tmp_path):
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
 
 
-def test_phase2_refuses_a_phase1_start_epoch(dataset, tmp_path):
-    args = parse_args(2, ["--dataset_dir", str(dataset), "--logdir", str(tmp_path), *FAST, "--phase1_epochs", "3",
-                          "--epochs", "5", "--start_epoch", "2", "--resume", str(tmp_path / "none.pth")])
-    with pytest.raises(Exception):
-        Trainer(args)
+def test_phase2_refuses_a_phase1_start_epoch(dataset, tmp_path, capsys):
+    run_phase(1, dataset, tmp_path / "p1", "--phase1_epochs", "1", "--epochs", "3")
+    code = main(2, ["--dataset_dir", str(dataset), "--logdir", str(tmp_path / "p2"), *FAST, "--phase1_epochs", "1",
+                    "--epochs", "3", "--start_epoch", "1", "--resume", str(tmp_path / "p1" / "last.pth")])
+    assert code == 2
+    assert "belongs to phase 1" in capsys.readouterr().err
+
+
+def test_resuming_or_finetuning_takes_the_network_shape_from_the_checkpoint(dataset, tmp_path):
+    run_phase(1, dataset, tmp_path / "small", "--phase1_epochs", "1", "--epochs", "1")
+    args = parse_args(1, ["--dataset_dir", str(dataset), "--logdir", str(tmp_path / "tuned"), "--num_workers", "0",
+                          "--no_progress", "--patch_size", "32", "--batch_size", "2", "--repeat", "1",
+                          "--le_lambda", "0", "--finetune_from", str(tmp_path / "small" / "last.pth")])
+    assert args.embed_dim == 60  # the command line asks for the default network ...
+    trainer = Trainer(args)
+    assert trainer.model.embed_dim == 12  # ... the checkpoint's shape wins
+
+
+def test_a_foreign_checkpoint_to_resume_is_a_clear_error(dataset, tmp_path, capsys):
+    torch.save({"state_dict": {"fc.weight": torch.zeros(2, 2)}}, tmp_path / "foreign.pth")
+    code = main(1, ["--dataset_dir", str(dataset), "--logdir", str(tmp_path / "run"), *FAST,
+                    "--resume", str(tmp_path / "foreign.pth")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "foreign.pth" in err and "not an SMNet state dict" in err
 
 
 def test_masked_step_uses_the_mask_and_loss_maps():

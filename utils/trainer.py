@@ -29,7 +29,15 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm import tqdm
 
 from datasets import HDRFullImageDataset, HDRTrainDataset
-from models.checkpoint import CheckpointError, atomic_save, load_weights, unwrap
+from models.checkpoint import (
+    CheckpointError,
+    atomic_save,
+    extract_state_dict,
+    infer_config,
+    load_state_dict_strict,
+    read_checkpoint,
+    unwrap,
+)
 from models.inference import GUIDED_PAD_MULTIPLE, TEST_PAD_MULTIPLE, autocast_context, eval_mode, reconstruct
 from models.smnet import SMNet
 from utils import distributed
@@ -49,6 +57,9 @@ from utils.training_options import model_config, parse_args
 
 LOG = logging.getLogger("smhdr.train")
 TRAINABLE_WHEN_FROZEN = ("conv_first.",)
+ARCHITECTURE_KEYS = ("in_chans", "embed_dim", "depths", "num_heads", "window_size", "mlp_ratio",
+                     "channel_mlp_ratio", "ca_heads_per_exposure")
+"""Network options a checkpoint fixes; the others (drop rates, mask blocks) are training choices."""
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -231,7 +242,6 @@ class Trainer:
         self.tables = SegmentTables(count_segment_ids(self.guided_set), device=self.device)
 
         seed_everything(args.seed)
-        self.model = SMNet(**model_config(args)).to(self.device)
         self.loss_fn = build_loss(args.le_lambda, args.vgg_weights).to(self.device)
         start_epoch = self._load_initial_weights()
         self.trainable_share = 1.0
@@ -295,27 +305,51 @@ class Trainer:
             return last
         return self.args.resume
 
+    def _build_model(self, source: Path | None) -> dict[str, Any] | None:
+        """The network, with its shape from ``source``'s checkpoint when there is one (the
+        network options then only matter for a fresh start); returns the checkpoint dict."""
+        config = model_config(self.args)
+        if source is None:
+            self.model = SMNet(**config).to(self.device)
+            return None
+        data = read_checkpoint(source)
+        try:
+            state = extract_state_dict(data)
+            saved = dict(data.get("config") or infer_config(state))
+        except CheckpointError as err:
+            raise CheckpointError(f"{source}: {err}") from None
+        shape = {key: saved[key] for key in ARCHITECTURE_KEYS if key in saved}
+        differs = {key: value for key, value in shape.items() if key in config and config[key] != value}
+        if differs:
+            self.log(f"network shape from {source}: {differs} (the command line's network options are ignored)")
+        config.update(shape)
+        self.model = SMNet(**config)
+        load_state_dict_strict(self.model, state, source=str(source))
+        self.model.to(self.device)
+        return data
+
     def _load_initial_weights(self) -> int:
-        """Load --finetune_from or the checkpoint to resume; returns the first epoch to train."""
+        """Build the network from --finetune_from, the checkpoint to resume, or the options;
+        returns the first epoch to train."""
         args = self.args
         self._resume_data: dict[str, Any] | None = None
         default_start = 1 if args.phase == 1 else args.phase1_epochs + 1
         if args.finetune_from is not None:
-            load_weights(self.model, args.finetune_from)
+            self._build_model(args.finetune_from)
             self.log(f"weights from {args.finetune_from}")
             return args.start_epoch or default_start
         path = self._resume_path()
-        if path is None:
+        data = self._build_model(path)
+        if data is None:
             return args.start_epoch or default_start
-        data = load_weights(self.model, path)
         self.log(f"resumed weights from {path}")
         if "optimizer" in data:
             self._resume_data = data
         saved_epoch = int(data.get("epoch", 0))
         start = args.start_epoch or max(saved_epoch + 1, default_start)
         if args.phase == 2 and start <= args.phase1_epochs:
-            raise SystemExit(f"error: phase 2 starts after epoch {args.phase1_epochs}; --start_epoch {start} "
-                             "belongs to phase 1 (use train_phase1.py)")
+            raise ValueError(f"phase 2 trains epochs {args.phase1_epochs + 1}-{args.epochs}; start epoch {start} "
+                             "belongs to phase 1 (use train_phase1.py, or a later --start_epoch)")
         return start
 
     def _restore_training_state(self, data: Mapping[str, Any]) -> None:
