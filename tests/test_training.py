@@ -16,7 +16,7 @@ from models.checkpoint import read_checkpoint
 from models.smnet import SMNet
 from segmask.segment import segment_split, superpixel_masks
 from utils.curriculum import SegmentTables
-from utils.losses import HDRLoss
+from utils.losses import HDRLoss, VGG19Features
 from utils.trainer import Trainer, freeze_all_but_shallow_extractor, main, training_step
 from utils.training_options import parse_args
 
@@ -151,6 +151,16 @@ def test_finetuning_trains_only_the_shallow_extractor(dataset, tmp_path):
     for name, value in tuned.model.state_dict().items():
         changed = not torch.equal(value, base[name])
         assert changed == name.startswith("conv_first.") or "weight" not in name and not changed, name
+
+
+def test_perceptual_term_trains_with_a_vgg_weights_file(dataset, tmp_path):
+    torch.manual_seed(0)
+    torch.save(VGG19Features().state_dict(), tmp_path / "vgg19.pth")  # stands in for the ImageNet file
+    trainer = run_phase(1, dataset, tmp_path / "run", "--phase1_epochs", "1", "--epochs", "1",
+                        "--le_lambda", "0.005", "--vgg_weights", str(tmp_path / "vgg19.pth"))
+    entry = trainer.state.history[-1]
+    assert entry["perceptual"] > 0
+    assert entry["loss"] == pytest.approx(entry["l1"] + 0.005 * entry["perceptual"], rel=1e-4)
 
 
 def test_perceptual_term_without_vgg_weights_stops_with_a_message(dataset, tmp_path, monkeypatch, capsys):
