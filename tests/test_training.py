@@ -15,7 +15,6 @@ from datasets.synthetic import make_dataset
 from models.checkpoint import read_checkpoint
 from models.smnet import SMNet
 from segmask.segment import segment_split, superpixel_masks
-from utils.curriculum import SegmentTables
 from utils.losses import HDRLoss, VGG19Features
 from utils.trainer import Trainer, freeze_all_but_shallow_extractor, main, training_step
 from utils.training_options import parse_args
