@@ -77,7 +77,7 @@ def test_resumed_run_matches_an_uninterrupted_one(dataset, tmp_path):
 def test_phase2_masks_on_the_curriculum_and_updates_the_tables(dataset, tmp_path):
     common = ["--phase1_epochs", "1", "--epochs", "5"]
     run_phase(1, dataset, tmp_path / "p1", *common)
-    trainer = run_phase(2, dataset, tmp_path / "p2", *common, "--resume", str(tmp_path / "p1" / "last.pth"))
+    trainer = run_phase(2, dataset, tmp_path / "p2", *common, "--resume", str(tmp_path / "p1"))  # its last.pth
     history = trainer.state.history[-4:]
     assert [entry["epoch"] for entry in history] == [2, 3, 4, 5]
     assert [round(entry["mask_ratio"], 3) for entry in history] == [0.45, 0.9, 0.45, 0.0]

@@ -303,7 +303,10 @@ class Trainer:
                 self.log(f"{last} exists: continuing this run from it instead of --resume {self.args.resume} "
                          "(pass --restart to start over)")
             return last
-        return self.args.resume
+        resume = self.args.resume
+        if resume is not None and resume.is_dir():  # a run's folder: its latest checkpoint
+            resume = resume / "last.pth"
+        return resume
 
     def _build_model(self, source: Path | None) -> dict[str, Any] | None:
         """The network, with its shape from ``source``'s checkpoint when there is one (the

@@ -97,7 +97,7 @@ def build_parser(phase: int) -> argparse.ArgumentParser:
     run.add_argument("--logdir", type=Path, default=Path(f"runs/phase{phase}"),
                      help="checkpoints, TensorBoard events and train.log")
     run.add_argument("--resume", type=Path, default=None,
-                     help="checkpoint to continue from (a phase-1 checkpoint for phase 2); "
+                     help="checkpoint (or run folder: its last.pth) to continue from (a phase-1 checkpoint for phase 2); "
                           "<logdir>/last.pth, when present, is used first unless --restart")
     run.add_argument("--restart", action="store_true", help="ignore <logdir>/last.pth")
     run.add_argument("--finetune_from", type=Path, default=None,
