@@ -125,18 +125,23 @@ def unwrap(model: nn.Module) -> nn.Module:
         model = inner
 
 
+def state_and_config(data: Mapping[str, Any], source: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A read checkpoint's parameters and constructor options (its ``config`` when present, else
+    inferred from the shapes); errors name ``source``."""
+    try:
+        state = extract_state_dict(data)
+        return state, dict(data.get("config") or infer_config(state))
+    except CheckpointError as err:
+        raise CheckpointError(f"{source}: {err}") from None
+
+
 def load_model(path: str | os.PathLike, device: torch.device | str = "cpu", **overrides: Any) -> SMNet:
     """Build an SMNet that fits the checkpoint at ``path`` and load its weights.
 
     The architecture comes from the checkpoint's ``config`` when present, else from its shapes;
     ``overrides`` (e.g. ``is_mask``, ``adl_drop_rate``) replace options that shapes cannot tell.
     """
-    data = read_checkpoint(path)
-    try:
-        state = extract_state_dict(data)
-        config = dict(data.get("config") or infer_config(state))
-    except CheckpointError as err:
-        raise CheckpointError(f"{path}: {err}") from None
+    state, config = state_and_config(read_checkpoint(path), path)
     config.update(overrides)
     model = SMNet(**config)
     load_state_dict_strict(unwrap(model), state, source=str(path))

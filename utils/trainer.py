@@ -32,10 +32,9 @@ from datasets import HDRFullImageDataset, HDRTrainDataset
 from models.checkpoint import (
     CheckpointError,
     atomic_save,
-    extract_state_dict,
-    infer_config,
     load_state_dict_strict,
     read_checkpoint,
+    state_and_config,
     unwrap,
 )
 from models.inference import GUIDED_PAD_MULTIPLE, TEST_PAD_MULTIPLE, autocast_context, eval_mode, reconstruct
@@ -316,11 +315,7 @@ class Trainer:
             self.model = SMNet(**config).to(self.device)
             return None
         data = read_checkpoint(source)
-        try:
-            state = extract_state_dict(data)
-            saved = dict(data.get("config") or infer_config(state))
-        except CheckpointError as err:
-            raise CheckpointError(f"{source}: {err}") from None
+        state, saved = state_and_config(data, source)
         shape = {key: saved[key] for key in ARCHITECTURE_KEYS if key in saved}
         differs = {key: value for key, value in shape.items() if key in config and config[key] != value}
         if differs:
