@@ -2,6 +2,7 @@
 masks on the curriculum, fine-tuning trains only conv_first, two gloo ranks stay in sync."""
 from __future__ import annotations
 
+import functools
 import math
 import os
 import socket
@@ -94,6 +95,20 @@ def test_bfloat16_autocast_trains_on_the_cpu(dataset, tmp_path):
     assert trainer.amp == "bf16"
     assert math.isfinite(trainer.state.history[-1]["loss"])
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+
+
+def test_compiled_training_matches_eager(dataset, tmp_path, monkeypatch):
+    """--compile wraps the network (traced with the eager backend here: inductor's C++ build
+    takes minutes on a CPU) and checkpoints still hold plain parameter names."""
+    common = ["--phase1_epochs", "1", "--epochs", "1", "--seed", "4"]
+    eager = run_phase(1, dataset, tmp_path / "eager", *common)
+    compile_eagerly = functools.partial(torch.compile, backend="eager")
+    monkeypatch.setattr(torch, "compile", compile_eagerly)
+    compiled = run_phase(1, dataset, tmp_path / "compiled", *common, "--compile")
+    assert compiled.train_model is not compiled.model
+    assert compiled.state.history[-1]["loss"] == pytest.approx(eager.state.history[-1]["loss"], rel=1e-4)
+    saved = read_checkpoint(tmp_path / "compiled" / "last.pth")["state_dict"]
+    assert set(saved) == set(eager.model.state_dict())
 
 
 def test_phase2_refuses_a_phase1_start_epoch(dataset, tmp_path, capsys):
