@@ -26,13 +26,13 @@ from typing import Any, Sequence
 
 import torch
 
-from datasets import HDRFullImageDataset, SceneError, SceneLayout, find_ldr_files
+from datasets import HDRFullImageDataset, SceneLayout, find_ldr_files
 from models.checkpoint import CheckpointError, load_model
 from models.inference import TEST_PAD_MULTIPLE, resolve_amp
+from utils.distributed import resolve_device
 from utils.evaluation import BASELINE_TITLES, BASELINES, EvaluationResult, evaluate_baselines, evaluate_scenes
 from utils.metrics import DEFAULT_PEAK_LUMINANCE, SSIM_VARIANTS, load_pycvvdp
 from utils.outputs import (
-    CheckpointListError,
     SceneOutputWriter,
     comparison_rows,
     describe_protocol,
@@ -112,16 +112,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → cuda when available, else cpu; a CUDA device that is not there is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: CUDA is not available on this machine")
-    return device
-
-
 def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
@@ -164,10 +154,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         checkpoints = list_checkpoints(args.pretrained_model)
         device = resolve_device(args.device)
         dataset = open_dataset(args)
-    except (CheckpointListError, UsageError, SceneError) as err:
+    except ValueError as err:  # unusable options or inputs: CheckpointListError, UsageError, SceneError, --device
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    amp, amp_note = resolve_amp(None if args.amp == "none" else args.amp, device)
+    amp, amp_note = resolve_amp(args.amp, device)
     if amp_note:
         print(f"note: {amp_note}")
     with_pu21 = not args.no_pu21

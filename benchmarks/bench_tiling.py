@@ -80,7 +80,7 @@ def run(model: torch.nn.Module, dataset: HDRFullImageDataset, device: torch.devi
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = torch.device(args.device)
-    amp, note = resolve_amp(None if args.amp == "none" else args.amp, device)
+    amp, note = resolve_amp(args.amp, device)
     if note:
         print(f"note: {note}")
     with tempfile.TemporaryDirectory(prefix="bench_tiling_") as tmp:

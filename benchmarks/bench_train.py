@@ -19,19 +19,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import count_flops, describe_machine, matmul_flops_per_second  # noqa: E402
 from models.smnet import SMNet  # noqa: E402
 from utils.losses import HDRLoss  # noqa: E402
+from utils.masking import voronoi_segments  # noqa: E402
 from utils.trainer import StepTimes, training_step  # noqa: E402
 
 NUM_IDS = 5000
-
-
-def voronoi_segments(batch: int, size: int, per_crop: int, generator: torch.Generator) -> torch.Tensor:
-    """B×size×size IDs: ``per_crop`` irregular cells per crop, IDs drawn from a NUM_IDS table."""
-    seeds = torch.randint(0, NUM_IDS, (batch, per_crop), generator=generator)
-    centres = torch.rand(batch, per_crop, 2, generator=generator) * size
-    ys, xs = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    grid = torch.stack([ys, xs], -1).float().view(1, -1, 1, 2)
-    nearest = (grid - centres.view(batch, 1, -1, 2)).square().sum(-1).argmin(-1)
-    return torch.gather(seeds, 1, nearest).view(batch, size, size)
 
 
 def main() -> None:
@@ -51,7 +42,7 @@ def main() -> None:
     batch = {
         "input": torch.rand(args.batch, 6 * args.exposures, args.size, args.size, generator=generator),
         "label": torch.rand(args.batch, 3, args.size, args.size, generator=generator),
-        "segments": voronoi_segments(args.batch, args.size, args.segments, generator),
+        "segments": voronoi_segments(args.batch, args.size, args.segments, NUM_IDS, generator),
     }
     ratio_table = torch.full((NUM_IDS,), args.mask_ratio, device=device)
     weight_table = torch.ones(NUM_IDS, device=device)

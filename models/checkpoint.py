@@ -125,38 +125,28 @@ def unwrap(model: nn.Module) -> nn.Module:
         model = inner
 
 
-def state_and_config(data: Mapping[str, Any], source: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """A read checkpoint's parameters and constructor options (its ``config`` when present, else
-    inferred from the shapes); errors name ``source``."""
-    try:
-        state = extract_state_dict(data)
-        return state, dict(data.get("config") or infer_config(state))
-    except CheckpointError as err:
-        raise CheckpointError(f"{source}: {err}") from None
-
-
-def load_model(path: str | os.PathLike, device: torch.device | str = "cpu", **overrides: Any) -> SMNet:
-    """Build an SMNet that fits the checkpoint at ``path`` and load its weights.
+def model_from_checkpoint(data: Mapping[str, Any], source: str | os.PathLike, **overrides: Any) -> SMNet:
+    """An SMNet built for a read checkpoint and holding its weights (on the CPU).
 
     The architecture comes from the checkpoint's ``config`` when present, else from its shapes;
     ``overrides`` (e.g. ``is_mask``, ``adl_drop_rate``) replace options that shapes cannot tell.
+    Errors name ``source``.
     """
-    state, config = state_and_config(read_checkpoint(path), path)
-    config.update(overrides)
-    model = SMNet(**config)
-    load_state_dict_strict(unwrap(model), state, source=str(path))
-    return model.to(device)
-
-
-def load_weights(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint's weights into an existing network; returns the whole checkpoint dict."""
-    data = read_checkpoint(path)
     try:
         state = extract_state_dict(data)
+        config = dict(data.get("config") or infer_config(state))
     except CheckpointError as err:
-        raise CheckpointError(f"{path}: {err}") from None
-    load_state_dict_strict(unwrap(model), state, source=str(path))
-    return data
+        raise CheckpointError(f"{source}: {err}") from None
+    config.update(overrides)
+    model = SMNet(**config)
+    load_state_dict_strict(model, state, source=str(source))
+    return model
+
+
+def load_model(path: str | os.PathLike, device: torch.device | str = "cpu", **overrides: Any) -> SMNet:
+    """Build an SMNet that fits the checkpoint at ``path`` and load its weights (see
+    ``model_from_checkpoint``)."""
+    return model_from_checkpoint(read_checkpoint(path), path, **overrides).to(device)
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
@@ -202,8 +192,8 @@ def released_state_dict(model: SMNet) -> dict[str, torch.Tensor]:
 def export_weights(source: str | os.PathLike, target: str | os.PathLike, **extra: Any) -> None:
     """Write only the weights and ``config`` of a training checkpoint (no optimiser, tables or
     RNG state): the small file to share or ship. ``extra`` fields (e.g. provenance) are kept."""
-    model = load_model(source)
     data = read_checkpoint(source)
+    model = model_from_checkpoint(data, source)
     keep = {key: data[key] for key in ("epoch", "phase") if key in data}
     save_model(target, model, **keep, **extra)
 

@@ -62,23 +62,27 @@ _layouts: dict[tuple, WindowLayout] = {}
 
 
 @torch.inference_mode(False)  # a layout first built during evaluation is reused in training
+def _build_layout(height: int, width: int, window_size: int, shift: int, device: torch.device | str) -> WindowLayout:
+    pixels = torch.arange(height * width).view(1, height, width, 1)
+    if shift:
+        pixels = torch.roll(pixels, shifts=(-shift, -shift), dims=(1, 2))
+    order = window_partition(pixels, window_size).reshape(-1)
+    border = border_mask = None
+    if shift:
+        mask = _shift_mask_cpu(height, width, window_size, shift)
+        border = (mask != 0).flatten(1).any(dim=1).nonzero().flatten()
+        border_mask = mask[border]
+    return WindowLayout(*(None if t is None else t.to(device)
+                          for t in (order, torch.argsort(order), border, border_mask)))
+
+
 def window_layout(height: int, width: int, window_size: int, shift: int,
                   device: torch.device | str = "cpu") -> WindowLayout:
     """The cached ``WindowLayout`` of an image size, window size and shift on ``device``."""
     key = (height, width, window_size, shift, str(device))
     layout = _layouts.get(key)
     if layout is None:
-        pixels = torch.arange(height * width).view(1, height, width, 1)
-        if shift:
-            pixels = torch.roll(pixels, shifts=(-shift, -shift), dims=(1, 2))
-        order = window_partition(pixels, window_size).reshape(-1)
-        border = border_mask = None
-        if shift:
-            mask = _shift_mask_cpu(height, width, window_size, shift)
-            border = (mask != 0).flatten(1).any(dim=1).nonzero().flatten()
-            border_mask = mask[border]
-        layout = WindowLayout(*(None if t is None else t.to(device)
-                                for t in (order, torch.argsort(order), border, border_mask)))
+        layout = _build_layout(height, width, window_size, shift, device)
         if len(_layouts) > 64:
             _layouts.clear()
         _layouts[key] = layout

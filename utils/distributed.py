@@ -33,7 +33,7 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"--device {name}: CUDA is not available on this machine")
+            raise ValueError(f"--device {name}: CUDA is not available on this machine")
         if device.index is None:
             device = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
@@ -54,15 +54,6 @@ def init_process(device_name: str = "auto") -> ProcessInfo:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
-
-
-def broadcast_object(value: object, src: int = 0) -> object:
-    """``value`` of rank ``src`` on every rank."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return value
-    holder = [value]
-    dist.broadcast_object_list(holder, src=src)
-    return holder[0]
 
 
 def cleanup() -> None:

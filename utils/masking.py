@@ -72,18 +72,26 @@ def build_loss_map(segments: torch.Tensor, weight_table: torch.Tensor) -> torch.
     return weight_table.to(segments.device).float()[segments].unsqueeze(1)
 
 
+def voronoi_segments(batch: int, size: int, per_crop: int, num_ids: int,
+                     generator: torch.Generator) -> torch.Tensor:
+    """B×size×size segment IDs for benchmarks: ``per_crop`` irregular (Voronoi) cells per crop,
+    their IDs drawn from ``num_ids``; on the generator's device."""
+    device = generator.device
+    seeds = torch.randint(0, num_ids, (batch, per_crop), generator=generator, device=device)
+    centres = torch.rand(batch, per_crop, 2, generator=generator, device=device) * size
+    ys, xs = torch.meshgrid(torch.arange(size, device=device), torch.arange(size, device=device), indexing="ij")
+    grid = torch.stack([ys, xs], -1).float().view(1, -1, 1, 2)
+    nearest = (grid - centres.view(batch, 1, -1, 2)).square().sum(-1).argmin(-1)
+    return torch.gather(seeds, 1, nearest).view(batch, size, size)
+
+
 def benchmark_mask_map(
     batch: int = 4, size: int = 128, segments_per_crop: int = 20, repeats: int = 100, device: str = "cpu"
 ) -> float:
     """Median seconds to build one mask map for `batch` crops of size×size pixels with about
     `segments_per_crop` segments each (irregular random shapes, IDs from a 5000-ID table)."""
     generator = torch.Generator(device=device).manual_seed(0)
-    seeds = torch.randint(0, 5000, (batch, segments_per_crop), generator=generator, device=device)
-    centres = torch.rand(batch, segments_per_crop, 2, generator=generator, device=device) * size
-    ys, xs = torch.meshgrid(torch.arange(size, device=device), torch.arange(size, device=device), indexing="ij")
-    grid = torch.stack([ys, xs], -1).float().view(1, -1, 1, 2)
-    nearest = (grid - centres.view(batch, 1, -1, 2)).square().sum(-1).argmin(-1)  # Voronoi cells
-    segments = torch.gather(seeds, 1, nearest).view(batch, size, size)
+    segments = voronoi_segments(batch, size, segments_per_crop, 5000, generator)
     ratio_table = torch.rand(5000, generator=generator, device=device) * 1.2
 
     for _ in range(5):

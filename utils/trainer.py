@@ -29,15 +29,15 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm import tqdm
 
 from datasets import HDRFullImageDataset, HDRTrainDataset
-from models.checkpoint import (
-    CheckpointError,
-    atomic_save,
-    load_state_dict_strict,
-    read_checkpoint,
-    state_and_config,
-    unwrap,
+from models.checkpoint import CheckpointError, atomic_save, model_from_checkpoint, read_checkpoint, unwrap
+from models.inference import (
+    GUIDED_PAD_MULTIPLE,
+    TEST_PAD_MULTIPLE,
+    autocast_context,
+    eval_mode,
+    reconstruct,
+    resolve_amp,
 )
-from models.inference import GUIDED_PAD_MULTIPLE, TEST_PAD_MULTIPLE, autocast_context, eval_mode, reconstruct
 from models.smnet import SMNet
 from utils import distributed
 from utils.curriculum import (
@@ -48,7 +48,7 @@ from utils.curriculum import (
     segment_psnr_mu,
     update_tables,
 )
-from utils.evaluation import evaluate_scenes
+from utils.evaluation import evaluate_scenes, reference_ldr
 from utils.losses import HDRLoss, VGGWeightsNotFoundError, build_loss
 from utils.masking import build_loss_map, build_mask_map
 from utils.tonemap import mu_tonemap
@@ -146,7 +146,9 @@ def training_step(model: nn.Module, batch: Mapping[str, torch.Tensor], loss_fn: 
                   scaler: torch.amp.GradScaler | None = None, generator: torch.Generator | None = None,
                   times: StepTimes | None = None) -> dict[str, torch.Tensor]:
     """One optimiser step on a batch; ``ratio_table`` None means no masking (phase 1),
-    ``weight_table`` None a loss map of ones. Returns the loss terms (detached) and the mask map."""
+    ``weight_table`` None a loss map of ones. Returns the loss terms (detached) and the mask map
+    (None without masking). ``times`` (benchmarks) adds the split of the step, at the cost of a
+    device synchronisation per part."""
     inputs = batch["input"].to(device, non_blocking=True)
     label = batch["label"].to(device, non_blocking=True)
     start = time.perf_counter()
@@ -181,7 +183,7 @@ def training_step(model: nn.Module, batch: Mapping[str, torch.Tensor], loss_fn: 
         times.backward += time.perf_counter() - after_forward
         times.steps += 1
     return {"loss": losses["loss"].detach(), "l1": losses["l1"], "perceptual": losses["perceptual"],
-            "mask_map": mask_map if mask_map is not None else torch.ones_like(label[:, :1])}
+            "mask_map": mask_map}
 
 
 def metric_guided_update(model: nn.Module, scenes: HDRFullImageDataset, tables: SegmentTables, ratio: float,
@@ -224,13 +226,14 @@ class Trainer:
         self.args = args
         self.process = distributed.init_process(args.device)
         self.device = self.process.device
-        self.amp = None if args.amp == "none" else args.amp
-        if self.amp == "fp16" and self.device.type != "cuda":
-            LOG.warning("fp16 autocast needs CUDA; training in float32")
-            self.amp = None
         self.logdir = Path(args.logdir)
         self.state = RunState()
         self._setup_logging()
+        self.amp, amp_note = resolve_amp(args.amp, self.device)
+        if amp_note:
+            self.log(f"note: {amp_note}")
+        self._last_mask_map: torch.Tensor | None = None  # for TensorBoard
+        self._first_test_scene: tuple[Mapping[str, Any], torch.Tensor] | None = None
 
         self.train_set = HDRTrainDataset(args.dataset_dir, args.train_path, args.patch_size, args.repeat,
                                          with_masks=True, cache=self._cache())
@@ -315,15 +318,12 @@ class Trainer:
             self.model = SMNet(**config).to(self.device)
             return None
         data = read_checkpoint(source)
-        state, saved = state_and_config(data, source)
-        shape = {key: saved[key] for key in ARCHITECTURE_KEYS if key in saved}
-        differs = {key: value for key, value in shape.items() if key in config and config[key] != value}
+        training_choices = {key: value for key, value in config.items() if key not in ARCHITECTURE_KEYS}
+        self.model = model_from_checkpoint(data, source, **training_choices).to(self.device)
+        differs = {key: self.model.config[key] for key in ARCHITECTURE_KEYS
+                   if key in config and config[key] != self.model.config[key]}
         if differs:
             self.log(f"network shape from {source}: {differs} (the command line's network options are ignored)")
-        config.update(shape)
-        self.model = SMNet(**config)
-        load_state_dict_strict(self.model, state, source=str(source))
-        self.model.to(self.device)
         return data
 
     def _load_initial_weights(self) -> int:
@@ -430,7 +430,7 @@ class Trainer:
         loader = self.loader(epoch)
         total_steps = len(loader) if args.max_steps is None else min(len(loader), args.max_steps)
         sums = {"loss": 0.0, "l1": 0.0, "perceptual": 0.0}
-        times = StepTimes()
+        steps = 0
         bar = tqdm(total=total_steps, desc=f"epoch {epoch}/{self.last_epoch}", unit="step",
                    disable=args.no_progress or not self.process.is_main, leave=False)
         started = time.perf_counter()
@@ -439,7 +439,8 @@ class Trainer:
             if step >= total_steps:
                 break
             last = training_step(self.train_model, batch, self.loss_fn, self.optimizer, ratio_table, weight_table,
-                                 self.device, self.amp, self.scaler, generator, times)
+                                 self.device, self.amp, self.scaler, generator)
+            steps += 1
             if not torch.isfinite(last["loss"]):
                 raise FloatingPointError(f"epoch {epoch}, step {step + 1}: the loss is {float(last['loss'])}; "
                                          "lower --lr or train in float32")
@@ -449,21 +450,27 @@ class Trainer:
             bar.update()
         bar.close()
         seconds = time.perf_counter() - started
-        steps = max(times.steps, 1)
-        stats = {key: value / steps for key, value in sums.items()}
+        stats = {key: value / max(steps, 1) for key, value in sums.items()}
         stats.update(lr=self.optimizer.param_groups[0]["lr"], mask_ratio=ratio, seconds=seconds,
-                     samples_per_second=steps * args.batch_size * self.process.world_size / max(seconds, 1e-9),
-                     mask_map_share=times.mask_map / max(seconds, 1e-9))
+                     samples_per_second=steps * args.batch_size * self.process.world_size / max(seconds, 1e-9))
         self.scheduler.step()
-        self._last_mask_map = None if last is None else last["mask_map"][:1].detach().float().cpu()
+        if last is not None and last["mask_map"] is not None:
+            self._last_mask_map = last["mask_map"][0].detach().float().cpu()
         return stats
 
     def evaluate(self) -> dict[str, float]:
-        """Test-split means (rank 0 only) with the evaluation module's metrics."""
+        """Test-split means (rank 0 only) with the evaluation module's metrics; the first
+        scene and its prediction are kept for TensorBoard."""
         if self.test_set is None or not self.process.is_main:
             return {}
+
+        def keep_first(sample: Mapping[str, Any], prediction: torch.Tensor) -> None:
+            if self._first_test_scene is None:
+                self._first_test_scene = (sample, prediction)
+
+        self._first_test_scene = None
         result = evaluate_scenes(unwrap(self.model), self.test_set, self.device, TEST_PAD_MULTIPLE, self.amp,
-                                 progress=not self.args.no_progress)
+                                 progress=not self.args.no_progress, on_scene=keep_first)
         return result.table.means()
 
     def write_scalars(self, epoch: int, stats: Mapping[str, float], metrics: Mapping[str, float]) -> None:
@@ -480,20 +487,16 @@ class Trainer:
         self.writer.flush()
 
     def write_images(self, epoch: int) -> None:
-        """Tone-mapped reference input, prediction and label of the first test scene, and a mask map."""
-        if self.writer is None or self.test_set is None:
+        """Reference LDR, μ-law prediction and label of the first test scene (from the last
+        evaluation), and the last masked batch's mask map."""
+        if self.writer is None or self._first_test_scene is None:
             return
-        sample = self.test_set[0]
-        inputs = sample["input"].unsqueeze(0).to(self.device)
-        with eval_mode(unwrap(self.model)):
-            prediction = reconstruct(unwrap(self.model), inputs, TEST_PAD_MULTIPLE, self.amp)[0].float().cpu()
-        exposures = inputs.shape[1] // 6
-        reference = sample["input"][6 * (exposures // 2) + 3:6 * (exposures // 2) + 6]
-        self.writer.add_image("test/reference_ldr", reference.clamp(0, 1), epoch)
-        self.writer.add_image("test/prediction_mu", mu_tonemap(prediction.clamp(0, 1)), epoch)
+        sample, prediction = self._first_test_scene
+        self.writer.add_image("test/reference_ldr", reference_ldr(sample), epoch, dataformats="HWC")
+        self.writer.add_image("test/prediction_mu", mu_tonemap(prediction), epoch)
         self.writer.add_image("test/label_mu", mu_tonemap(sample["label"].clamp(0, 1)), epoch)
-        if getattr(self, "_last_mask_map", None) is not None:
-            self.writer.add_image("train/mask_map", self._last_mask_map[0], epoch)
+        if self._last_mask_map is not None:
+            self.writer.add_image("train/mask_map", self._last_mask_map, epoch)
 
     def run(self, until: int | None = None) -> RunState:
         """Train from the start epoch to the phase's last epoch (or to ``until``, inclusive)."""
