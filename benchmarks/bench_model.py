@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import count_flops, describe_machine, matmul_flops_per_second, median_time  # noqa: E402
 from models.smnet import SMNet  # noqa: E402
+from utils.distributed import resolve_device  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -36,7 +37,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="time torch.compile(model)")
     args = parser.parse_args()
 
-    device = torch.device(args.device)
+    device = resolve_device(args.device)  # as the scripts do (on the CPU: malloc keeps freed memory)
     model = SMNet().to(device).eval()
     runner = torch.compile(model) if args.compile else model
     print(f"machine: {describe_machine(device)}")

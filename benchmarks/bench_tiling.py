@@ -28,6 +28,7 @@ from models.checkpoint import load_model  # noqa: E402
 from models.inference import TEST_PAD_MULTIPLE, eval_mode, resolve_amp  # noqa: E402
 from models.smnet import SMNet  # noqa: E402
 from utils.evaluation import EvaluationResult, evaluate_scenes, predict  # noqa: E402
+from utils.distributed import resolve_device  # noqa: E402
 
 DEFAULT_CHECKPOINT = Path("pretrain_model/demo_smnet.pth")
 GENERATED_SCENES, GENERATED_SIZE, GENERATED_SEED = 3, (256, 384), 11
@@ -79,7 +80,7 @@ def run(model: torch.nn.Module, dataset: HDRFullImageDataset, device: torch.devi
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    device = torch.device(args.device)
+    device = resolve_device(args.device)  # as the scripts do (on the CPU: malloc keeps freed memory)
     amp, note = resolve_amp(args.amp, device)
     if note:
         print(f"note: {note}")

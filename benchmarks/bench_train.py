@@ -21,6 +21,7 @@ from models.smnet import SMNet  # noqa: E402
 from utils.losses import HDRLoss  # noqa: E402
 from utils.masking import voronoi_segments  # noqa: E402
 from utils.trainer import StepTimes, training_step  # noqa: E402
+from utils.distributed import resolve_device  # noqa: E402
 
 NUM_IDS = 5000
 
@@ -37,7 +38,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps (after 2 warm-up steps)")
     args = parser.parse_args()
 
-    device = torch.device(args.device)
+    device = resolve_device(args.device)  # as the scripts do (on the CPU: malloc keeps freed memory)
     generator = torch.Generator().manual_seed(0)
     batch = {
         "input": torch.rand(args.batch, 6 * args.exposures, args.size, args.size, generator=generator),

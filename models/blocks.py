@@ -7,11 +7,41 @@ attention share one layout.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from timm.layers import DropPath, Mlp
 from torch import nn
 
-from .window_attention import WindowAttention, window_layout
+from .window_attention import WindowAttention, WindowLayout, window_layout
+
+# Windows per chunk of the inference path: 64 windows of 8×8 are 4096 tokens, whose largest
+# intermediate (the 3·C qkv projection) is about 3 MB at the default width.
+WINDOWS_PER_CHUNK = 64
+TOKENS_PER_CHUNK = 4096
+
+
+def runs_in_chunks(tokens: torch.Tensor) -> bool:
+    """Chunked execution pays off for CPU inference only: with autograd every intermediate is kept
+    anyway, and on a GPU the extra kernel launches cost more than the cache saves."""
+    return tokens.device.type == "cpu" and not torch.is_grad_enabled()
+
+
+def map_token_chunks(fn: Callable[[torch.Tensor], torch.Tensor], tokens: torch.Tensor,
+                     chunk: int = TOKENS_PER_CHUNK) -> torch.Tensor:
+    """``fn(tokens)`` for a per-token ``fn`` on B×N×C tokens. For CPU inference it runs over runs
+    of ``chunk`` tokens, so that wide intermediates (an MLP's hidden layer) stay in the cache and
+    a large image needs no full-size copy of them."""
+    n = tokens.shape[1]
+    if not runs_in_chunks(tokens) or n <= chunk:
+        return fn(tokens)
+    out = None
+    for start in range(0, n, chunk):
+        part = fn(tokens[:, start:start + chunk])
+        if out is None:
+            out = part.new_empty(tokens.shape[0], n, part.shape[-1])
+        out[:, start:start + chunk] = part
+    return out
 
 
 def tokens_as_image(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -37,7 +67,9 @@ class ChannelAttention(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.mlp(x.mean(dim=(2, 3), keepdim=True))
+        # Reductions run on the B×H×W×C view so that their gradients come back in the layout of
+        # x (channels-last tokens); mixing layouts makes gradient accumulation several times slower.
+        z = self.mlp(x.permute(0, 2, 3, 1).mean(dim=(1, 2))[..., None, None])
         return x * torch.sigmoid(z + z)
 
 
@@ -49,7 +81,8 @@ class SpatialAttention(nn.Module):
         self.conv2d = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
+        pixels = x.permute(0, 2, 3, 1)  # B×H×W×C, see ChannelAttention
+        pooled = torch.stack([pixels.mean(dim=-1), pixels.amax(dim=-1)], dim=1)
         return x * torch.sigmoid(self.conv2d(pooled))
 
 
@@ -92,13 +125,14 @@ class MSAB(nn.Module):
         c = self.conv_cnn2(self.cab(a) + self.sab(a))
         return image_as_tokens(c)
 
-    def attention(self, u: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """(Shifted) window attention on B×N×C tokens: one gather puts the tokens in window order
-        (the cyclic shift included), one gather puts them back."""
+    def attention(self, u: torch.Tensor, layout: WindowLayout) -> torch.Tensor:
+        """(Shifted) window attention on B×N×C tokens: one gather puts the tokens in window
+        order (the cyclic shift included), one scatter puts them back."""
         b, n, c = u.shape
-        layout = window_layout(height, width, self.window_size, self.shift_size, u.device)
-        windows = u.index_select(1, layout.order).view(b, -1, self.window_size**2, c)
-        return self.attn(windows, layout).view(b, n, c).index_select(1, layout.inverse)
+        bias = self.attn.relative_position_bias()
+        parts = [self.attn(u.index_select(1, tokens).view(b, -1, layout.window_area, c), mask, bias)
+                 for tokens, mask in layout.chunks(layout.num_windows)]
+        return u.new_empty(b, n, c).index_copy(1, layout.order, torch.cat(parts, 1).view(b, n, c))
 
     def forward(self, t: torch.Tensor, height: int, width: int,
                 mask_map: torch.Tensor | None = None) -> torch.Tensor:
@@ -106,8 +140,26 @@ class MSAB(nn.Module):
         c = self.conv_branch(u, height, width)
         if self.is_mask and mask_map is not None:
             u = apply_mask_block(u, mask_map, self.adl_drop_rate)
-        t = t + self.drop_path(self.attention(u, height, width))
+        layout = window_layout(height, width, self.window_size, self.shift_size, u.device)
+        if not self.training and runs_in_chunks(t):
+            return self.forward_in_chunks(t, u, c, layout)
+        t = t + self.drop_path(self.attention(u, layout))
         return t + self.drop_path(self.mlp(self.norm2(t))) + c
+
+    def forward_in_chunks(self, t: torch.Tensor, u: torch.Tensor, c: torch.Tensor,
+                          layout: WindowLayout) -> torch.Tensor:
+        """Inference: everything after the convolution branch is local to a window, so it runs
+        over a few windows at a time; their intermediates stay in the CPU cache instead of
+        making full-image temporaries. Same arithmetic as the training path."""
+        b, _, channels = t.shape
+        bias = self.attn.relative_position_bias()
+        out = torch.empty_like(t)
+        for tokens, mask in layout.chunks(WINDOWS_PER_CHUNK):
+            windows = u.index_select(1, tokens).view(b, -1, layout.window_area, channels)
+            x = t.index_select(1, tokens) + self.attn(windows, mask, bias).view(b, -1, channels)
+            x = x + self.mlp(self.norm2(x)) + c.index_select(1, tokens)
+            out.index_copy_(1, tokens, x)
+        return out
 
 
 class BlockGroup(nn.Module):

@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from timm.layers import Mlp
 from torch import nn
 
+from .blocks import map_token_chunks
+
 
 def channel_attention_heads(dim: int, num_exposures: int, heads_per_exposure: int = 4) -> int:
     """Head count of the channel attention for ``num_exposures`` inputs.
@@ -91,4 +93,7 @@ class ICAB(nn.Module):
 
     def forward(self, v: torch.Tensor, num_exposures: int, num_heads: int) -> torch.Tensor:
         f = v + self.attn(self.norm1_x(v), num_exposures, num_heads)
+        return map_token_chunks(self.feed_forward, f)
+
+    def feed_forward(self, f: torch.Tensor) -> torch.Tensor:
         return f + self.mlp(self.norm2(f))

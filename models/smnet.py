@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from timm.layers import Mlp, trunc_normal_
 from torch import nn
 
-from .blocks import MaskedTB, image_as_tokens, tokens_as_image
+from .blocks import MaskedTB, image_as_tokens, map_token_chunks, tokens_as_image
 from .channel_attention import ICAB, channel_attention_heads
 
 
@@ -117,7 +117,7 @@ class SMNet(nn.Module):
         t = self.mlp(x0)
         for stage, channel_block, mlp in zip(self.layers, self.channel_layers, self.mlps):
             t = stage(t, h, w, mask_tokens)
-            t = mlp(channel_block(t + x0, n, heads))
+            t = map_token_chunks(mlp, channel_block(t + x0, n, heads))
         body = tokens_as_image(self.norm(t), h, w)
         y = torch.sigmoid(self.conv_end(self.conv_after_body(body) + self.conv_skip(f_ref)))
         return y[..., :height, :width]

@@ -7,7 +7,7 @@ the module (the released checkpoints carry them as buffers; the loader drops the
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -46,16 +46,32 @@ def _shift_mask_cpu(height: int, width: int, window_size: int, shift: int) -> to
 class WindowLayout(NamedTuple):
     """Where the tokens of one (shifted) window partition come from, for one image size.
 
-    ``order[i]`` is the token (row-major pixel) that lands at position i of the windows laid
-    out one after another, the cyclic shift included; ``inverse`` undoes it. Only windows on
-    the last row or column of windows mix regions of the shifted image, so only they
-    (``border``) need the shift mask (``border_mask``: len(border)×ws²×ws², 0 or −100).
+    ``order[i]`` is the token (row-major pixel) at position i of the windows laid out one
+    after another, the cyclic shift included. Only the windows on the last row or column of
+    windows mix regions of the shifted image and need the shift mask, so the layout puts the
+    ``num_plain`` windows without it first and the others after them, with their masks in
+    ``border_mask`` (windows×ws²×ws², 0 or −100; None when there is no shift).
     """
 
     order: torch.Tensor
-    inverse: torch.Tensor
-    border: torch.Tensor | None
+    window_area: int
+    num_plain: int
     border_mask: torch.Tensor | None
+
+    @property
+    def num_windows(self) -> int:
+        return self.order.numel() // self.window_area
+
+    def chunks(self, windows_per_chunk: int) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """(token indices, shift mask or None) for runs of at most ``windows_per_chunk``
+        consecutive windows; no run mixes plain and border windows."""
+        area = self.window_area
+        parts = ((0, self.num_plain, None), (self.num_plain, self.num_windows, self.border_mask))
+        for begin, end, mask in parts:
+            for start in range(begin, end, windows_per_chunk):
+                stop = min(start + windows_per_chunk, end)
+                tokens = self.order[start * area:stop * area]
+                yield tokens, None if mask is None else mask[start - begin:stop - begin]
 
 
 _layouts: dict[tuple, WindowLayout] = {}
@@ -66,14 +82,15 @@ def _build_layout(height: int, width: int, window_size: int, shift: int, device:
     pixels = torch.arange(height * width).view(1, height, width, 1)
     if shift:
         pixels = torch.roll(pixels, shifts=(-shift, -shift), dims=(1, 2))
-    order = window_partition(pixels, window_size).reshape(-1)
-    border = border_mask = None
+    windows = window_partition(pixels, window_size).reshape(-1, window_size**2)
+    num_plain, border_mask = windows.shape[0], None
     if shift:
         mask = _shift_mask_cpu(height, width, window_size, shift)
-        border = (mask != 0).flatten(1).any(dim=1).nonzero().flatten()
-        border_mask = mask[border]
-    return WindowLayout(*(None if t is None else t.to(device)
-                          for t in (order, torch.argsort(order), border, border_mask)))
+        mixed = (mask != 0).flatten(1).any(dim=1)
+        windows = torch.cat([windows[~mixed], windows[mixed]])
+        num_plain = int((~mixed).sum())
+        border_mask = mask[mixed].to(device)
+    return WindowLayout(windows.reshape(-1).to(device), window_size**2, num_plain, border_mask)
 
 
 def window_layout(height: int, width: int, window_size: int, shift: int,
@@ -107,15 +124,50 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
     """softmax(q·kᵀ·scale + bias)·v for B×heads×L×D inputs and a heads×L×L or B×heads×L×L bias.
 
     Without gradients for the bias, PyTorch's fused kernel runs (on CPU it needs a 4-D mask,
-    hence the stride-0 expand); a learnable bias would send it to its unfused fallback, which
-    is slower than these three plain operations.
+    hence the stride-0 expand). A learnable bias would send it to its unfused fallback, so
+    training uses ``BiasedAttention`` instead.
     """
+    if bias.requires_grad and torch.is_grad_enabled():
+        return BiasedAttention.apply(q, k, v, bias, scale)
     if bias.dim() == 3:
         bias = bias.expand(q.shape[0], *bias.shape)
-    if bias.requires_grad and torch.is_grad_enabled():
-        logits = torch.matmul(q * scale, k.transpose(-2, -1)) + bias
-        return torch.matmul(logits.softmax(dim=-1), v)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+
+
+class BiasedAttention(torch.autograd.Function):
+    """Attention with a learnable additive bias, for training.
+
+    The same arithmetic as autograd through matmul + softmax, but every product is laid out so
+    that its output rows are L (64) wide rather than D (the head width, 10 by default): the
+    weighted sum is computed as vᵀ·pᵀ and the gradients of q, k and v transposed. Narrow outputs
+    halve the speed of the CPU's batched GEMMs, and the backward pass is dominated by them.
+    """
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,  # noqa: ANN001
+                scale: float) -> torch.Tensor:
+        # One copy each into head-major order; every product below then reads them in place.
+        q, k, v = (t.contiguous() for t in (q, k, v))
+        logits = torch.matmul(q, k.transpose(-2, -1)).mul_(scale).add_(bias)
+        p = torch.softmax(logits, dim=-1)
+        out_t = torch.matmul(v.transpose(-2, -1), p.transpose(-2, -1).to(v.dtype))
+        ctx.save_for_backward(q, k, v, p)
+        ctx.scale = scale
+        ctx.bias_shape = bias.shape
+        return out_t.transpose(-2, -1)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):  # noqa: ANN001, ANN205
+        q, k, v, p = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        grad_p = torch.matmul(grad_out, v.transpose(-2, -1))
+        grad_v_t = torch.matmul(grad_out.transpose(-2, -1), p.to(grad_out.dtype))
+        grad_logits = torch._softmax_backward_data(grad_p.to(p.dtype), p, -1, p.dtype).to(q.dtype)
+        grad_q_t = torch.matmul(k.transpose(-2, -1), grad_logits.transpose(-2, -1)).mul_(ctx.scale)
+        grad_k_t = torch.matmul(q.transpose(-2, -1), grad_logits).mul_(ctx.scale)
+        extra = grad_logits.dim() - len(ctx.bias_shape)
+        grad_bias = grad_logits.sum(dim=tuple(range(extra))) if extra else grad_logits
+        return grad_q_t.transpose(-2, -1), grad_k_t.transpose(-2, -1), grad_v_t.transpose(-2, -1), grad_bias, None
 
 
 class WindowAttention(nn.Module):
@@ -139,20 +191,23 @@ class WindowAttention(nn.Module):
         bias = self.relative_position_bias_table[index.view(-1)].view(area, area, -1)
         return bias.permute(2, 0, 1).contiguous()
 
-    def forward(self, windows: torch.Tensor, layout: WindowLayout) -> torch.Tensor:
-        """windows: B×nW×ws²×C (tokens already in window order) → the same shape."""
+    def forward(self, windows: torch.Tensor, shift_mask: torch.Tensor | None = None,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+        """windows: B×nW×ws²×C tokens in window order → the same shape.
+
+        ``shift_mask`` (nW×ws²×ws², 0 or −100) is added to every head's logits of windows that
+        straddle the wrap-around of a cyclic shift. ``bias`` may pass in the relative position
+        bias when the caller runs several chunks of windows through one block.
+        """
         b, nw, area, c = windows.shape
         heads = self.num_heads
         qkv = self.qkv(windows).view(b * nw, area, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        bias = self.relative_position_bias().to(q.dtype)
+        if bias is None:
+            bias = self.relative_position_bias()
+        bias = bias.to(q.dtype)
+        if shift_mask is not None:
+            bias = (bias + shift_mask.to(q.dtype).unsqueeze(1)).repeat(b, 1, 1, 1)
         out = attention(q, k, v, bias, self.scale)
-        if layout.border is not None:
-            # Windows that straddle the wrap-around of the shift: again, with the shift mask.
-            border = layout.border
-            q, k, v = (t.view(b, nw, heads, area, -1)[:, border].flatten(0, 1) for t in (q, k, v))
-            masked_bias = (bias + layout.border_mask.to(q.dtype).unsqueeze(1)).repeat(b, 1, 1, 1)
-            fixed = attention(q, k, v, masked_bias, self.scale)
-            out = out.view(b, nw, heads, area, -1).index_copy(1, border, fixed.view(b, -1, heads, area, c // heads))
-        out = out.reshape(b, nw, heads, area, c // heads).transpose(2, 3).reshape(b, nw, area, c)
+        out = out.view(b, nw, heads, area, c // heads).transpose(2, 3).reshape(b, nw, area, c)
         return self.proj(out)

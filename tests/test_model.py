@@ -17,7 +17,14 @@ from models.checkpoint import (
 from models.channel_attention import channel_attention_heads
 from models.inference import pad_to_multiple, reconstruct
 from models.smnet import SMNet
-from models.window_attention import WindowAttention, attention, window_layout, window_partition
+from models import blocks
+from models.window_attention import (
+    WindowAttention,
+    attention,
+    shift_attention_mask,
+    window_layout,
+    window_partition,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SHARED_REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
@@ -180,15 +187,23 @@ def test_reconstruct_reproduces_the_released_test_protocol() -> None:
 
 
 def test_window_layout_gathers_shifted_windows_like_roll_and_partition() -> None:
-    h, w, ws, shift = 16, 24, 8, 4
+    h, w, ws, shift = 24, 24, 8, 4
     x = torch.rand(2, h, w, 5)
     layout = window_layout(h, w, ws, shift)
-    expected = window_partition(torch.roll(x, (-shift, -shift), dims=(1, 2)), ws).reshape(2, -1, 5)
+    windows = window_partition(torch.roll(x, (-shift, -shift), dims=(1, 2)), ws).reshape(2, 9, ws * ws, 5)
+    # Only the last row and column of windows mix regions: of 3×3 windows, 2, 5, 6, 7 and 8.
+    # The plain windows come first, then those that need the shift mask.
+    border = [2, 5, 6, 7, 8]
+    assert layout.num_plain == 4
     gathered = x.reshape(2, h * w, 5).index_select(1, layout.order)
-    assert torch.equal(gathered, expected)
-    assert torch.equal(gathered.index_select(1, layout.inverse), x.reshape(2, h * w, 5))
-    # Only the last row and column of windows mix regions: 2 rows × 3 columns → 4 windows.
-    assert layout.border.tolist() == [2, 3, 4, 5]
+    assert torch.equal(gathered, windows[:, [0, 1, 3, 4] + border].reshape(2, -1, 5))
+    assert sorted(layout.order.tolist()) == list(range(h * w))
+    assert torch.equal(layout.border_mask, shift_attention_mask(h, w, ws, shift)[border])
+    assert not layout.border_mask.eq(0).all(dim=(1, 2)).any()
+    chunks = list(layout.chunks(3))
+    assert [len(tokens) // (ws * ws) for tokens, _ in chunks] == [3, 1, 3, 2]
+    assert [mask is None for _, mask in chunks] == [True, True, False, False]
+    assert torch.equal(torch.cat([tokens for tokens, _ in chunks]), layout.order)
 
 
 def test_window_attention_equals_full_masked_attention() -> None:
@@ -196,17 +211,37 @@ def test_window_attention_equals_full_masked_attention() -> None:
     h, w, ws, shift = 16, 24, 8, 4
     attn = WindowAttention(12, ws, 3)
     windows = torch.rand(2, (h // ws) * (w // ws), ws * ws, 12)
-    layout = window_layout(h, w, ws, shift)
-    from models.window_attention import shift_attention_mask
+    mask = shift_attention_mask(h, w, ws, shift)
 
     qkv = attn.qkv(windows).view(-1, ws * ws, 3, 3, 4).permute(2, 0, 3, 1, 4)
-    mask = shift_attention_mask(h, w, ws, shift).repeat(2, 1, 1).unsqueeze(1)
-    bias = attn.relative_position_bias().unsqueeze(0) + mask
+    bias = attn.relative_position_bias().unsqueeze(0) + mask.repeat(2, 1, 1).unsqueeze(1)
     ref = torch.softmax(qkv[0] @ qkv[1].transpose(-1, -2) * attn.scale + bias, -1) @ qkv[2]
     ref = attn.proj(ref.transpose(1, 2).reshape(2, -1, ws * ws, 12))
     with torch.no_grad():
-        assert torch.allclose(attn(windows, layout), ref, atol=1e-5)
-    assert torch.allclose(attn(windows, layout), ref, atol=1e-5)  # the gradient-enabled path
+        assert torch.allclose(attn(windows, mask), ref, atol=1e-5)
+    assert torch.allclose(attn(windows, mask), ref, atol=1e-5)  # the gradient-enabled path
+
+
+def test_inference_in_chunks_equals_the_whole_image_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPU inference runs windows and tokens in chunks; the result must not depend on it."""
+    torch.manual_seed(0)
+    model = SMNet(**TINY).eval()
+    x = torch.rand(1, 18, 40, 56)  # 5×7 windows: plain and border windows in several chunks
+    with torch.enable_grad():
+        whole = model(x)
+    monkeypatch.setattr(blocks, "WINDOWS_PER_CHUNK", 4)
+    monkeypatch.setattr(blocks.map_token_chunks, "__defaults__", (300,))
+    calls = []
+
+    def counting_runs_in_chunks(tokens: torch.Tensor) -> bool:
+        calls.append(not torch.is_grad_enabled())
+        return not torch.is_grad_enabled()
+
+    monkeypatch.setattr(blocks, "runs_in_chunks", counting_runs_in_chunks)
+    with torch.no_grad():
+        chunked = model(x)
+    assert any(calls), "the chunked path did not run"
+    assert torch.allclose(chunked, whole, atol=1e-6)
 
 
 def test_fused_and_explicit_attention_agree() -> None:
@@ -285,3 +320,39 @@ def test_torch_compile_matches_eager() -> None:
         pytest.skip(f"torch.compile unavailable: {err}")
     with torch.no_grad():
         assert torch.allclose(compiled(x), model(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("batched_bias", [False, True])
+def test_biased_attention_gradients_match_autograd(batched_bias: bool) -> None:
+    """Training attention computes its own backward; it must equal autograd through the formula."""
+    from models.window_attention import BiasedAttention
+
+    torch.manual_seed(0)
+    qkv = torch.randn(4, 7, 3, 2, 5, dtype=torch.float64).permute(2, 0, 3, 1, 4)  # strided, as in the network
+    q, k, v = (t.detach().requires_grad_() for t in qkv.unbind(0))
+    bias = torch.randn(*((4,) if batched_bias else ()), 2, 7, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *a: BiasedAttention.apply(*a, 0.4), (q, k, v, bias))
+    reference = torch.softmax(q @ k.transpose(-2, -1) * 0.4 + bias, dim=-1) @ v
+    assert torch.allclose(BiasedAttention.apply(q, k, v, bias, 0.4), reference)
+
+
+def test_keep_freed_memory_reuses_large_blocks() -> None:
+    """After the malloc setting, a freed full-image activation is reused, not faulted in anew."""
+    import subprocess
+    import sys
+
+    script = (
+        "import resource, torch\n"
+        "from utils.cpu_memory import keep_freed_memory\n"
+        "assert keep_freed_memory()\n"
+        "for _ in range(16):\n"  # the heap settles after a few blocks (alignment padding)
+        "    torch.ones(64 << 20, dtype=torch.uint8)\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "for _ in range(4):\n"
+        "    torch.ones(64 << 20, dtype=torch.uint8)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    faults = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, check=True)
+    # Each 64 MiB block fresh from the system would fault in 16384 pages of 4 KiB.
+    assert int(faults.stdout) < 16384

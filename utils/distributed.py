@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .cpu_memory import keep_freed_memory
+
 
 @dataclass(frozen=True)
 class ProcessInfo:
@@ -27,7 +29,8 @@ class ProcessInfo:
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` → this rank's CUDA device when there is one, else the CPU."""
+    """``auto`` → this rank's CUDA device when there is one, else the CPU. On the CPU, malloc is
+    also told to keep freed memory for reuse (``utils.cpu_memory``)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
@@ -37,6 +40,8 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         if device.index is None:
             device = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
+    else:
+        keep_freed_memory()
     return device
 
 
