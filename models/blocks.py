@@ -126,13 +126,15 @@ class MSAB(nn.Module):
         return image_as_tokens(c)
 
     def attention(self, u: torch.Tensor, layout: WindowLayout) -> torch.Tensor:
-        """(Shifted) window attention on B×N×C tokens: one gather puts the tokens in window
-        order (the cyclic shift included), one scatter puts them back."""
+        """(Shifted) window attention on B×N×C tokens: gathers put the tokens in window order
+        (the cyclic shift included), scatters put them back."""
         b, n, c = u.shape
         bias = self.attn.relative_position_bias()
-        parts = [self.attn(u.index_select(1, tokens).view(b, -1, layout.window_area, c), mask, bias)
-                 for tokens, mask in layout.chunks(layout.num_windows)]
-        return u.new_empty(b, n, c).index_copy(1, layout.order, torch.cat(parts, 1).view(b, n, c))
+        out = u.new_empty(b, n, c)
+        for tokens, mask in layout.chunks(layout.num_windows):  # plain windows, then shift-masked ones
+            windows = u.index_select(1, tokens).view(b, -1, layout.window_area, c)
+            out.index_copy_(1, tokens, self.attn(windows, mask, bias).view(b, -1, c))
+        return out
 
     def forward(self, t: torch.Tensor, height: int, width: int,
                 mask_map: torch.Tensor | None = None) -> torch.Tensor:

@@ -146,9 +146,11 @@ class BiasedAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,  # noqa: ANN001
                 scale: float) -> torch.Tensor:
-        # One copy each into head-major order; every product below then reads them in place.
-        q, k, v = (t.contiguous() for t in (q, k, v))
-        logits = torch.matmul(q, k.transpose(-2, -1)).mul_(scale).add_(bias)
+        # One pass each into head-major order (the scale folded into q's); every product below
+        # then reads them in place.
+        q = torch.mul(q, scale, out=q.new_empty(q.shape))
+        k, v = k.contiguous(), v.contiguous()
+        logits = torch.matmul(q, k.transpose(-2, -1)).add_(bias)
         p = torch.softmax(logits, dim=-1)
         out_t = torch.matmul(v.transpose(-2, -1), p.transpose(-2, -1).to(v.dtype))
         ctx.save_for_backward(q, k, v, p)
@@ -158,13 +160,13 @@ class BiasedAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):  # noqa: ANN001, ANN205
-        q, k, v, p = ctx.saved_tensors
+        q_scaled, k, v, p = ctx.saved_tensors
         grad_out = grad_out.contiguous()
         grad_p = torch.matmul(grad_out, v.transpose(-2, -1))
         grad_v_t = torch.matmul(grad_out.transpose(-2, -1), p.to(grad_out.dtype))
-        grad_logits = torch._softmax_backward_data(grad_p.to(p.dtype), p, -1, p.dtype).to(q.dtype)
+        grad_logits = torch._softmax_backward_data(grad_p.to(p.dtype), p, -1, p.dtype).to(q_scaled.dtype)
         grad_q_t = torch.matmul(k.transpose(-2, -1), grad_logits.transpose(-2, -1)).mul_(ctx.scale)
-        grad_k_t = torch.matmul(q.transpose(-2, -1), grad_logits).mul_(ctx.scale)
+        grad_k_t = torch.matmul(q_scaled.transpose(-2, -1), grad_logits)
         extra = grad_logits.dim() - len(ctx.bias_shape)
         grad_bias = grad_logits.sum(dim=tuple(range(extra))) if extra else grad_logits
         return grad_q_t.transpose(-2, -1), grad_k_t.transpose(-2, -1), grad_v_t.transpose(-2, -1), grad_bias, None
