@@ -1,0 +1,90 @@
+"""Speed of window attention alone at SMNet's shapes (8×8 windows, 6 heads of 10 channels), and
+the ceiling it puts on the whole forward pass.
+
+    python benchmarks/bench_attention.py                  # the windows of one 256×256 image
+    python benchmarks/bench_attention.py --device cuda --windows 23436
+
+Attention is about 14 % of the network's FLOPs, but its products are tiny (64×64 logits over
+10 channels), so it runs far below the machine's matmul rate. The script times the kernels the
+network uses (fused attention for inference, ``BiasedAttention`` forward + backward for
+training) next to autograd through the plain formula, and prints the best share of matmul the
+forward could reach if everything else ran at the full matmul rate.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import count_flops, describe_machine, matmul_flops_per_second, median_time  # noqa: E402
+from models.smnet import SMNet  # noqa: E402
+from models.window_attention import BiasedAttention, attention  # noqa: E402
+from utils.distributed import resolve_device  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--windows", type=int, default=1024, help="8×8 windows (1024: one 256×256 image)")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    device = resolve_device(args.device)
+    heads, area, width = 6, 64, 10
+    generator = torch.Generator().manual_seed(0)
+    qkv = torch.randn(args.windows, area, 3, heads, width, generator=generator).to(device)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # the network's strided views
+    bias = torch.randn(heads, area, area, generator=generator).to(device)
+    scale = width**-0.5
+    flops = 4 * args.windows * heads * area * area * width  # two products, as flop_counter counts them
+
+    peak = matmul_flops_per_second(device)
+    print(f"machine: {describe_machine(device)}")
+    print(f"matmul float32: {peak / 1e9:.1f} GFLOP/s")
+    print(f"{args.windows} windows × {heads} heads, {area} tokens, {width} channels per head, float32:")
+
+    def report(name: str, seconds: float, work: int) -> float:
+        rate = work / seconds
+        print(f"  {name}: {seconds * 1e3:.1f} ms, {rate / 1e9:.1f} GFLOP/s = {100 * rate / peak:.0f} % of matmul")
+        return rate
+
+    def explicit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(torch.matmul(q * scale, k.transpose(-2, -1)) + bias, dim=-1) @ v
+
+    with torch.inference_mode():
+        fused_rate = report("inference, fused (the network's path)",
+                            median_time(lambda: attention(q, k, v, bias, scale), device, args.repeats), flops)
+        report("inference, matmul + softmax", median_time(lambda: explicit(q, k, v, bias), device, args.repeats),
+               flops)
+
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v, bias)]
+
+    def train_step(fn) -> None:  # noqa: ANN001
+        fn(*leaves).sum().backward()
+        for leaf in leaves:
+            leaf.grad = None
+
+    report("training forward + backward, BiasedAttention (the network's path)",
+           median_time(lambda: train_step(lambda *t: BiasedAttention.apply(*t, scale)), device, args.repeats),
+           3 * flops)
+    report("training forward + backward, autograd through the formula",
+           median_time(lambda: train_step(explicit), device, args.repeats), 3 * flops)
+
+    # The forward pass of the default network on a 256×256 image: its attention FLOPs run at the
+    # fused rate at best, so even at the matmul rate everywhere else its share is bounded.
+    model = SMNet().eval()
+    with torch.inference_mode():
+        total = count_flops(lambda: model(torch.rand(1, 18, 256, 256)))
+    attention_flops = 24 * 4 * 1024 * heads * area * area * width
+    best_seconds = attention_flops / fused_rate + (total - attention_flops) / peak
+    print(f"forward of SMNet at 256×256: {total / 1e9:.1f} GFLOP, of which attention {attention_flops / 1e9:.1f}; "
+          f"with attention at the fused rate and everything else at the matmul rate it would take "
+          f"{best_seconds * 1e3:.0f} ms = {100 * total / best_seconds / peak:.0f} % of matmul at most")
+
+
+if __name__ == "__main__":
+    main()
