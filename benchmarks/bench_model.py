@@ -1,5 +1,5 @@
 """Forward-pass speed of the default SMNet: median time, FLOPs, achieved FLOP/s and its share of
-the machine's matmul FLOP/s.
+the machine's matmul FLOP/s (measured before each timed call, see ``benchmarks.common``).
 
     python benchmarks/bench_model.py                       # CPU, 128² and 256², float32
     python benchmarks/bench_model.py --device cuda --sizes 1000x1500 --dtypes float32 bfloat16
@@ -14,7 +14,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import count_flops, describe_machine, matmul_flops_per_second, median_time  # noqa: E402
+from benchmarks.common import MatmulProbe, count_flops, describe_machine, time_against_matmul  # noqa: E402
 from models.smnet import SMNet  # noqa: E402
 from utils.distributed import resolve_device  # noqa: E402
 
@@ -43,8 +43,7 @@ def main() -> None:
     print(f"machine: {describe_machine(device)}")
     for dtype_name in args.dtypes:
         dtype = DTYPES[dtype_name]
-        peak = matmul_flops_per_second(device, dtype)
-        print(f"matmul {dtype_name}: {peak / 1e9:.1f} GFLOP/s")
+        probe = MatmulProbe(device, dtype)
         for size in args.sizes:
             h, w = parse_size(size)
             x = torch.rand(args.batch, 6 * args.exposures, h, w, device=device)
@@ -54,10 +53,11 @@ def main() -> None:
                     return runner(x)
 
             flops = count_flops(lambda: model_forward(model, x, device, dtype))
-            seconds = median_time(forward, device, repeats=args.repeats)
-            achieved = flops / seconds
-            print(f"{dtype_name} {h}x{w} batch {args.batch}: median {seconds * 1e3:.1f} ms, "
-                  f"{flops / 1e9:.2f} GFLOP, {achieved / 1e9:.1f} GFLOP/s = {100 * achieved / peak:.0f} % of matmul")
+            timing = time_against_matmul(forward, flops, probe, repeats=args.repeats)
+            print(f"{dtype_name} {h}x{w} batch {args.batch}: median {timing.seconds * 1e3:.1f} ms, "
+                  f"{flops / 1e9:.2f} GFLOP, {flops / timing.seconds / 1e9:.1f} GFLOP/s; matmul {dtype_name} "
+                  f"{timing.matmul_rate / 1e9:.1f} GFLOP/s (median, measured before each call); "
+                  f"share of matmul {100 * timing.share:.0f} % (median of the calls' own shares)")
 
 
 def model_forward(model: SMNet, x: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:

@@ -4,10 +4,10 @@ from __future__ import annotations
 import platform
 import statistics
 import time
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 
 def synchronize(device: torch.device) -> None:
@@ -29,20 +29,71 @@ def median_time(fn: Callable[[], object], device: torch.device, repeats: int = 5
     return statistics.median(times)
 
 
+# PyTorch's FLOP counter has formulas for the CUDA attention kernels but none for the CPU's
+# fused kernel, which it would count as zero; these are the same formulas (shapes in, FLOPs out).
+_CPU_ATTENTION_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:
+        lambda query, key, value, *args, out_shape=None, **kwargs: sdpa_flop_count(query, key, value),
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward:
+        lambda grad_out, query, key, value, *args, out_shape=None, **kwargs:
+            sdpa_backward_flop_count(grad_out, query, key, value),
+}
+
+
 def count_flops(fn: Callable[[], object]) -> int:
-    """FLOPs of one call as counted by ``torch.utils.flop_counter`` (matmuls, convolutions, attention)."""
-    with FlopCounterMode(display=False) as counter:
+    """FLOPs of one call as counted by ``torch.utils.flop_counter`` (matmuls, convolutions,
+    attention, the CPU's fused attention included)."""
+    with FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION_FLOPS) as counter:
         fn()
     return counter.get_total_flops()
+
+
+class MatmulProbe:
+    """The machine's achieved dense matmul FLOP/s for square ``size`` matrices, measured on demand.
+
+    Shared machines drift in speed by tens of percent from one minute to the next, so the
+    benchmarks measure it next to every timed call and relate each call to its own moment.
+    """
+
+    def __init__(self, device: torch.device, dtype: torch.dtype = torch.float32, size: int = 2048) -> None:
+        self.device = device
+        self.a = torch.randn(size, size, device=device, dtype=dtype)
+        self.b = torch.randn(size, size, device=device, dtype=dtype)
+        self.flops = 2 * size**3
+
+    def rate(self, repeats: int = 3) -> float:
+        """Median FLOP/s of ``repeats`` products (after one warm-up)."""
+        return self.flops / median_time(lambda: self.a @ self.b, self.device, repeats=repeats, warmup=1)
 
 
 def matmul_flops_per_second(device: torch.device, dtype: torch.dtype = torch.float32, size: int = 2048,
                             repeats: int = 5) -> float:
     """The machine's achieved dense matmul FLOP/s for square ``size`` matrices (median)."""
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    seconds = median_time(lambda: a @ b, device, repeats=repeats)
-    return 2 * size**3 / seconds
+    return MatmulProbe(device, dtype, size).rate(repeats)
+
+
+class Timing(NamedTuple):
+    seconds: float  # median time of one call
+    matmul_rate: float  # median matmul FLOP/s measured between the calls
+    share: float  # median over the calls of (FLOPs / time) / (matmul FLOP/s measured just before)
+
+
+def time_against_matmul(fn: Callable[[], object], flops: int, probe: MatmulProbe, repeats: int = 5,
+                        warmup: int = 2) -> Timing:
+    """Times ``fn()`` ``repeats`` times, measuring the matmul rate before each call; its share of
+    the matmul rate is taken call by call, so that a drift of the machine cancels out."""
+    for _ in range(warmup):
+        fn()
+    synchronize(probe.device)
+    times, rates = [], []
+    for _ in range(repeats):
+        rates.append(probe.rate())
+        start = time.perf_counter()
+        fn()
+        synchronize(probe.device)
+        times.append(time.perf_counter() - start)
+    shares = [flops / seconds / rate for seconds, rate in zip(times, rates)]
+    return Timing(statistics.median(times), statistics.median(rates), statistics.median(shares))
 
 
 def describe_machine(device: torch.device) -> str:

@@ -7,7 +7,6 @@ layout changes.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from timm.layers import Mlp
 from torch import nn
 
@@ -47,7 +46,18 @@ class ChannelLayerNorm(nn.Module):
 
 class MultiExposureChannelAttention(nn.Module):
     """MCA: queries from the reference exposure's channel slot (tiled over the n slots), keys and
-    values from all channels; attention between channels, per head, over the whole image."""
+    values from all channels; attention between channels, per head, over the whole image.
+
+    Every quantity the attention needs from the pixels is linear in the Gram matrix G = wᵀw of
+    the normalised tokens (C×C), so that is the only product over the image before the output:
+
+    - q = anchor·Wqᵀ and k = w·Wkᵀ, hence qᵀk = Wq·G[anchor, :]·Wkᵀ;
+    - their L2 norms over the pixels are the diagonals of Wq·G[anchor, anchor]·Wqᵀ and Wk·G·Wkᵀ;
+    - out = project_out(attention·v) = w·(Wo·blockdiag(attention)·Wv)ᵀ, one C×C map per sample.
+
+    Same arithmetic as the released convolutions (to float rounding) with two passes over the
+    pixels instead of six, and no products with a 5-wide output over the whole image.
+    """
 
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -58,23 +68,31 @@ class MultiExposureChannelAttention(nn.Module):
 
     def forward(self, w: torch.Tensor, num_exposures: int, num_heads: int) -> torch.Tensor:
         """w: B×N×C normalised tokens → B×N×C."""
-        b, n, c = w.shape
+        b, _, c = w.shape
         slot = c // num_exposures
         ref = num_exposures // 2
-        anchor = w[..., ref * slot:(ref + 1) * slot]
-        # conv_q applied to the anchor tiled n times equals the sum of its column blocks applied once.
-        q_weight = self.q.weight.view(c, num_exposures, slot).sum(dim=1)
-        q = F.linear(anchor, q_weight)
-        kv = F.linear(w, torch.cat([self.k.weight, self.v.weight]).view(2 * c, c))
-        k, v = kv.split(c, dim=-1)
-        # L2 normalisation over the spatial axis, per channel.
-        q = F.normalize(q, dim=1)
-        k = F.normalize(k, dim=1)
+        anchor = slice(ref * slot, (ref + 1) * slot)
         d = c // num_heads
-        q, k, v = (t.reshape(b, n, num_heads, d) for t in (q, k, v))
-        attn = torch.einsum("bnhi,bnhj->bhij", q, k).softmax(dim=-1)
-        out = torch.einsum("bhij,bnhj->bnhi", attn, v).reshape(b, n, c)
-        return F.linear(out, self.project_out.weight.view(c, c))
+        # conv_q applied to the anchor tiled n times equals the sum of its column blocks applied once.
+        w_q = self.q.weight.view(c, num_exposures, slot).sum(dim=1)
+        w_k, w_v, w_out = (conv.weight.view(c, c) for conv in (self.k, self.v, self.project_out))
+
+        gram = torch.matmul(w.transpose(1, 2), w)  # B×C×C
+        gram_anchor = gram[:, anchor]
+        q_norm = _norm_from_gram(w_q, gram_anchor[:, :, anchor])
+        k_norm = _norm_from_gram(w_k, gram)
+        q_gram = torch.matmul(w_q, gram_anchor).view(b, num_heads, d, c)
+        logits = torch.einsum("bhic,hjc->bhij", q_gram, w_k.view(num_heads, d, c))
+        logits = logits / (q_norm.view(b, num_heads, d, 1) * k_norm.view(b, num_heads, 1, d))
+        attn = logits.softmax(dim=-1)
+        mixing = torch.einsum("chi,bhij,hje->bce", w_out.view(c, num_heads, d), attn, w_v.view(num_heads, d, c))
+        return torch.matmul(w, mixing.transpose(1, 2))
+
+
+def _norm_from_gram(weight: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
+    """‖x·weightᵀ‖ over the pixels, per output channel, from G = xᵀx; clamped like F.normalize."""
+    squared = torch.einsum("ci,bij,cj->bc", weight, gram, weight)
+    return squared.clamp_min(1e-24).sqrt()
 
 
 class ICAB(nn.Module):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from models.checkpoint import (
     CheckpointError,
@@ -14,7 +15,7 @@ from models.checkpoint import (
     released_state_dict,
     save_model,
 )
-from models.channel_attention import channel_attention_heads
+from models.channel_attention import MultiExposureChannelAttention, channel_attention_heads
 from models.inference import pad_to_multiple, reconstruct
 from models.smnet import SMNet
 from models import blocks
@@ -244,13 +245,18 @@ def test_inference_in_chunks_equals_the_whole_image_path(monkeypatch: pytest.Mon
     assert torch.allclose(chunked, whole, atol=1e-6)
 
 
-def test_fused_and_explicit_attention_agree() -> None:
-    q, k, v = (torch.randn(4, 2, 16, 8) for _ in range(3))
-    bias = torch.randn(2, 16, 16, requires_grad=True)
-    explicit = attention(q, k, v, bias, 0.3)
+@pytest.mark.parametrize("bias_shape", [(2, 16, 16), (4, 2, 16, 16)])
+def test_attention_paths_agree_with_the_formula(bias_shape: tuple[int, ...]) -> None:
+    q, k, v = (torch.randn(4, 2, 16, 8).transpose(1, 2).contiguous().transpose(1, 2) for _ in range(3))
+    bias = torch.randn(bias_shape, requires_grad=True)
+    formula = torch.softmax(q @ k.transpose(-2, -1) * 0.3 + bias, dim=-1) @ v
+    training = attention(q, k, v, bias, 0.3)  # BiasedAttention
     with torch.no_grad():
-        fused = attention(q, k, v, bias, 0.3)
-    assert torch.allclose(explicit, fused, atol=1e-5)
+        inference = attention(q, k, v, bias, 0.3)  # the CPU's wide-output products
+        full_bias = bias.expand(4, 2, 16, 16) if bias.dim() == 3 else bias
+        fused = F.scaled_dot_product_attention(q, k, v, attn_mask=full_bias, scale=0.3)
+    for result in (training, inference, fused):
+        assert torch.allclose(result, formula, atol=1e-5)
 
 
 def test_bfloat16_autocast_stays_close_to_float32() -> None:
@@ -356,3 +362,35 @@ def test_keep_freed_memory_reuses_large_blocks() -> None:
     faults = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, check=True)
     # Each 64 MiB block fresh from the system would fault in 16384 pages of 4 KiB.
     assert int(faults.stdout) < 16384
+
+
+def released_channel_attention(mca: MultiExposureChannelAttention, w: torch.Tensor, num_exposures: int,
+                               num_heads: int) -> torch.Tensor:
+    """MCA as MODEL.md describes it: tiled anchor, 1×1 convolutions, L2 normalisation over space,
+    per-head channel attention, project_out; on B×N×C tokens."""
+    b, n, c = w.shape
+    image = w.transpose(1, 2).reshape(b, c, n, 1)
+    slot = c // num_exposures
+    ref = num_exposures // 2
+    anchor = image[:, ref * slot:(ref + 1) * slot].repeat(1, num_exposures, 1, 1)
+    q, k, v = (conv(x).reshape(b, num_heads, c // num_heads, n)
+               for conv, x in ((mca.q, anchor), (mca.k, image), (mca.v, image)))
+    q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+    out = (q @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+    return mca.project_out(out.reshape(b, c, n, 1)).reshape(b, c, n).transpose(1, 2)
+
+
+@pytest.mark.parametrize("batch, exposures", [(1, 3), (2, 1), (2, 2), (3, 5), (1, 6)])
+def test_channel_attention_from_the_gram_matrix_matches_the_convolutions(batch: int, exposures: int) -> None:
+    torch.manual_seed(exposures)
+    mca = MultiExposureChannelAttention(60)
+    heads = channel_attention_heads(60, exposures)
+    w = torch.randn(batch, 300, 60, requires_grad=True)
+    expected = released_channel_attention(mca, w, exposures, heads)
+    result = mca(w, exposures, heads)
+    assert torch.allclose(result, expected, atol=1e-5)
+    grad_out = torch.randn_like(result)
+    expected_grads = torch.autograd.grad(expected, [w, *mca.parameters()], grad_out)
+    grads = torch.autograd.grad(result, [w, *mca.parameters()], grad_out)
+    for got, want in zip(grads, expected_grads):
+        assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)
