@@ -96,7 +96,9 @@ class SMNet(nn.Module):
         concatenated in exposure order. Returns (slots B×E×H×W, reference features B×E×H×W)."""
         b, _, h, w = x.shape
         n, e = num_exposures, self.embed_dim
-        f = self.conv_first(x.reshape(b * n, self.in_chans, h, w)).view(b, n, e, h, w)
+        # Channels-last like the rest of the network: the convolutions then skip a layout change.
+        exposures = x.reshape(b * n, self.in_chans, h, w).contiguous(memory_format=torch.channels_last)
+        f = self.conv_first(exposures).view(b, n, e, h, w)
         slots = f.view(b, n, n, e // n, h, w).mean(dim=2).reshape(b, e, h, w)
         return slots, f[:, n // 2]
 
