@@ -4,7 +4,7 @@ the ceiling it puts on the whole forward pass.
     python benchmarks/bench_attention.py                  # the windows of one 256×256 image
     python benchmarks/bench_attention.py --device cuda --windows 23436
 
-Attention is about 14 % of the network's FLOPs, but its products are tiny (64×64 logits over
+Attention is about 12 % of the network's FLOPs, but its products are tiny (64×64 logits over
 10 channels), so it runs far below the machine's matmul rate. The script times the kernels the
 network uses (fused attention for inference, ``BiasedAttention`` forward + backward for
 training) next to autograd through the plain formula, and prints the best share of matmul the
