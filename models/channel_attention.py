@@ -68,14 +68,22 @@ class MultiExposureChannelAttention(nn.Module):
 
     def forward(self, w: torch.Tensor, num_exposures: int, num_heads: int) -> torch.Tensor:
         """w: B×N×C normalised tokens → B×N×C."""
+        with torch.autocast(w.device.type, enabled=False):
+            mixing = self.channel_mixing(w.float(), num_exposures, num_heads)
+        return torch.matmul(w, mixing.to(w.dtype).transpose(1, 2))
+
+    def channel_mixing(self, w: torch.Tensor, num_exposures: int, num_heads: int) -> torch.Tensor:
+        """B×C×C map Wo·blockdiag(attention)·Wv from float32 tokens. The forward runs it outside
+        autocast: the Gram matrix sums over every pixel and would overflow float16 (65504) on
+        large images."""
         b, _, c = w.shape
         slot = c // num_exposures
         ref = num_exposures // 2
         anchor = slice(ref * slot, (ref + 1) * slot)
         d = c // num_heads
         # conv_q applied to the anchor tiled n times equals the sum of its column blocks applied once.
-        w_q = self.q.weight.view(c, num_exposures, slot).sum(dim=1)
-        w_k, w_v, w_out = (conv.weight.view(c, c) for conv in (self.k, self.v, self.project_out))
+        w_q = self.q.weight.float().view(c, num_exposures, slot).sum(dim=1)
+        w_k, w_v, w_out = (conv.weight.float().view(c, c) for conv in (self.k, self.v, self.project_out))
 
         gram = torch.matmul(w.transpose(1, 2), w)  # B×C×C
         gram_anchor = gram[:, anchor]
@@ -85,8 +93,7 @@ class MultiExposureChannelAttention(nn.Module):
         logits = torch.einsum("bhic,hjc->bhij", q_gram, w_k.view(num_heads, d, c))
         logits = logits / (q_norm.view(b, num_heads, d, 1) * k_norm.view(b, num_heads, 1, d))
         attn = logits.softmax(dim=-1)
-        mixing = torch.einsum("chi,bhij,hje->bce", w_out.view(c, num_heads, d), attn, w_v.view(num_heads, d, c))
-        return torch.matmul(w, mixing.transpose(1, 2))
+        return torch.einsum("chi,bhij,hje->bce", w_out.view(c, num_heads, d), attn, w_v.view(num_heads, d, c))
 
 
 def _norm_from_gram(weight: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:

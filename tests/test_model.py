@@ -394,3 +394,17 @@ def test_channel_attention_from_the_gram_matrix_matches_the_convolutions(batch: 
     grads = torch.autograd.grad(result, [w, *mca.parameters()], grad_out)
     for got, want in zip(grads, expected_grads):
         assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_channel_attention_under_autocast_does_not_overflow_on_large_images(dtype: torch.dtype) -> None:
+    """The Gram matrix sums over every pixel: 4096 pixels of magnitude 5 exceed float16's range."""
+    torch.manual_seed(0)
+    mca = MultiExposureChannelAttention(60)
+    w = torch.randn(1, 4096, 60) * 5
+    expected = mca(w, 3, 12)
+    with torch.autocast("cpu", dtype=dtype):
+        result = mca(w, 3, 12)
+    assert result.dtype == dtype
+    assert torch.isfinite(result).all()
+    assert (result.float() - expected).abs().max() < 0.05 * expected.abs().max()
