@@ -1,8 +1,9 @@
 """ICAB: channel attention across exposures, anchored on the reference exposure.
 
 The released network computes it on B×C×H×W images with 1×1 convolutions; here it runs on the
-B×N×C tokens with the same weights used as linear maps, which is the same arithmetic without
-layout changes.
+B×N×C tokens with the same weights used as linear maps, and the attention itself is assembled
+from the tokens' C×C Gram matrix (see ``MultiExposureChannelAttention``): the same result to
+float rounding, with far fewer passes over the image.
 """
 from __future__ import annotations
 
