@@ -66,12 +66,6 @@ class MatmulProbe:
         return self.flops / median_time(lambda: self.a @ self.b, self.device, repeats=repeats, warmup=1)
 
 
-def matmul_flops_per_second(device: torch.device, dtype: torch.dtype = torch.float32, size: int = 2048,
-                            repeats: int = 5) -> float:
-    """The machine's achieved dense matmul FLOP/s for square ``size`` matrices (median)."""
-    return MatmulProbe(device, dtype, size).rate(repeats)
-
-
 class Timing(NamedTuple):
     seconds: float  # median time of one call
     matmul_rate: float  # median matmul FLOP/s measured between the calls
