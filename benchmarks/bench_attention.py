@@ -8,19 +8,28 @@ Attention is about 12 % of the network's FLOPs, but its products are tiny (64×6
 10 channels), so it runs far below the machine's matmul rate. The script times the kernels the
 network uses (fused attention for inference, ``BiasedAttention`` forward + backward for
 training) next to autograd through the plain formula, and prints the best share of matmul the
-forward could reach if everything else ran at the full matmul rate.
+forward could reach if everything else ran at the full matmul rate, and the share it reaches
+with the window attention taking no time at all.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+from unittest.mock import patch
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import MatmulProbe, count_flops, describe_machine, time_against_matmul  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    MatmulProbe,
+    count_flops,
+    describe_machine,
+    time_against_matmul,
+    time_alternately,
+)
+from models import window_attention  # noqa: E402
 from models.smnet import SMNet  # noqa: E402
 from models.window_attention import BiasedAttention, attention  # noqa: E402
 from utils.distributed import resolve_device  # noqa: E402
@@ -74,14 +83,31 @@ def main() -> None:
     # The forward pass of the default network on a 256×256 image: its attention FLOPs run at the
     # fused kernel's share of matmul at best, so even at the matmul rate everywhere else (time
     # measured in units of matmul time) its share is bounded.
-    model = SMNet().eval()
+    model = SMNet().eval().to(device)
+    image = torch.rand(1, 18, 256, 256, device=device)
     with torch.inference_mode():
-        total = count_flops(lambda: model(torch.rand(1, 18, 256, 256)))
+        total = count_flops(lambda: model(image))
     attention_flops = 24 * 4 * 1024 * heads * area * area * width
     best_share = total / (attention_flops / fused_share + total - attention_flops)
     print(f"forward of SMNet at 256×256: {total / 1e9:.1f} GFLOP, of which attention {attention_flops / 1e9:.1f}; "
           f"with attention at the fused kernel's share and everything else at the matmul rate it would reach "
           f"{100 * best_share:.0f} % of matmul at most")
+
+    # The other way round: the forward as it is, but with the window attention taking no time
+    # (zeros instead of its result) and still credited with all its FLOPs.
+    def forward() -> None:
+        with torch.inference_mode():
+            model(image)
+
+    def forward_without_attention() -> None:
+        with patch.object(window_attention, "attention", lambda q, k, v, bias, scale: torch.zeros_like(q)):
+            forward()
+
+    timings = time_alternately([forward, forward_without_attention], [total, total], probe, repeats=args.repeats)
+    print(f"forward of SMNet at 256×256 as it is: {timings[0].seconds:.2f} s, {100 * timings[0].share:.0f} % of "
+          f"matmul; with the window attention taking no time: {timings[1].seconds:.2f} s, "
+          f"{100 * timings[1].share:.0f} % (all {total / 1e9:.1f} GFLOP counted as done)")
+
 
 if __name__ == "__main__":
     main()

@@ -3,18 +3,32 @@ the machine's matmul FLOP/s (measured before each timed call, see ``benchmarks.c
 
     python benchmarks/bench_model.py                       # CPU, 128² and 256², float32
     python benchmarks/bench_model.py --device cuda --sizes 1000x1500 --dtypes float32 bfloat16
+    python benchmarks/bench_model.py --sizes 256 --against_released   # vs the released code's way
+
+``--against_released`` times a transcription of the released forward pass
+(``benchmarks/released_forward.py``: same weights, same output) in turn with ours, call by call,
+and prints both and the median of the paired time ratios.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import MatmulProbe, count_flops, describe_machine, time_against_matmul  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    MatmulProbe,
+    Timing,
+    count_flops,
+    describe_machine,
+    paired_ratio,
+    time_alternately,
+)
+from benchmarks.released_forward import released_forward  # noqa: E402
 from models.smnet import SMNet  # noqa: E402
 from utils.distributed import resolve_device  # noqa: E402
 
@@ -35,6 +49,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--compile", action="store_true", help="time torch.compile(model)")
+    parser.add_argument("--against_released", action="store_true",
+                        help="also time the released code's forward pass, alternated with ours")
     args = parser.parse_args()
 
     device = resolve_device(args.device)  # as the scripts do (on the CPU: malloc keeps freed memory)
@@ -48,21 +64,29 @@ def main() -> None:
             h, w = parse_size(size)
             x = torch.rand(args.batch, 6 * args.exposures, h, w, device=device)
 
-            def forward() -> torch.Tensor:
+            def forward(fn: Callable[..., torch.Tensor] = runner) -> torch.Tensor:
                 with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                    return runner(x)
+                    return fn(x)
 
-            flops = count_flops(lambda: model_forward(model, x, device, dtype))
-            timing = time_against_matmul(forward, flops, probe, repeats=args.repeats)
-            print(f"{dtype_name} {h}x{w} batch {args.batch}: median {timing.seconds * 1e3:.1f} ms, "
-                  f"{flops / 1e9:.2f} GFLOP, {flops / timing.seconds / 1e9:.1f} GFLOP/s; matmul {dtype_name} "
-                  f"{timing.matmul_rate / 1e9:.1f} GFLOP/s (median, measured before each call); "
-                  f"share of matmul {100 * timing.share:.0f} % (median of the calls' own shares)")
+            versions = {"SMNet": forward}
+            counted = [lambda: forward(model)]  # the FLOPs of the plain module (compiled or not)
+            if args.against_released:
+                versions["released"] = lambda: forward(lambda inputs: released_forward(model, inputs))
+                counted.append(versions["released"])
+            flops = [count_flops(fn) for fn in counted]
+            timings = time_alternately(list(versions.values()), flops, probe, repeats=args.repeats)
+            for name, fn_flops, timing in zip(versions, flops, timings):
+                report(f"{name} {dtype_name} {h}x{w} batch {args.batch}", fn_flops, timing)
+            if args.against_released:
+                print(f"SMNet / released time, median of {args.repeats} alternated pairs: "
+                      f"{paired_ratio(timings[0], timings[1]):.3f}")
 
 
-def model_forward(model: SMNet, x: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-        return model(x)
+def report(label: str, flops: int, timing: Timing) -> None:
+    print(f"{label}: median {timing.seconds * 1e3:.1f} ms, {flops / 1e9:.2f} GFLOP, "
+          f"{flops / timing.seconds / 1e9:.1f} GFLOP/s; matmul {timing.matmul_rate / 1e9:.1f} GFLOP/s "
+          f"(median, measured before each call); share of matmul {100 * timing.share:.0f} % "
+          f"(median of the calls' own shares)")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,10 @@ of the machine's matmul FLOP/s (measured before each step).
 
     python benchmarks/bench_train.py                          # CPU: batch 4, 128², 3 exposures
     python benchmarks/bench_train.py --device cuda --batch 8 --amp bf16
+    python benchmarks/bench_train.py --against_released   # forward + backward vs the released code's way
+
+``--against_released`` then times forward + loss + backward of ours and of a transcription of the
+released forward pass (``benchmarks/released_forward.py``) in turn, call by call.
 """
 from __future__ import annotations
 
@@ -11,12 +15,14 @@ import argparse
 import statistics
 import sys
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import MatmulProbe, count_flops, describe_machine  # noqa: E402
+from benchmarks.common import MatmulProbe, count_flops, describe_machine, paired_ratio, time_alternately  # noqa: E402
+from benchmarks.released_forward import released_forward  # noqa: E402
 from models.smnet import SMNet  # noqa: E402
 from utils.losses import HDRLoss  # noqa: E402
 from utils.masking import voronoi_segments  # noqa: E402
@@ -36,6 +42,8 @@ def main() -> None:
     parser.add_argument("--mask_ratio", type=float, default=0.5)
     parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
     parser.add_argument("--steps", type=int, default=5, help="timed steps (after 2 warm-up steps)")
+    parser.add_argument("--against_released", action="store_true",
+                        help="also compare forward + backward with the released code's way, alternated")
     args = parser.parse_args()
 
     device = resolve_device(args.device)  # as the scripts do (on the CPU: malloc keeps freed memory)
@@ -58,9 +66,10 @@ def main() -> None:
         training_step(model, batch, loss_fn, optimizer, ratio_table, weight_table, device, amp, scaler,
                       mask_generator, times)
 
-    def forward_backward() -> None:
+    def forward_backward(net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = model) -> None:
+        model.zero_grad(set_to_none=True)
         inputs = batch["input"].to(device)
-        out = model(inputs, torch.ones_like(inputs[:, :1]))
+        out = net(inputs, torch.ones_like(inputs[:, :1]))
         loss_fn(out, batch["label"].to(device))["loss"].backward()
 
     flops = count_flops(forward_backward)
@@ -88,6 +97,24 @@ def main() -> None:
           f"{median_parts.forward * 1e3:.0f} ms, backward + Adam {median_parts.backward * 1e3:.0f} ms")
     print(f"  {flops / 1e9:.1f} GFLOP per step (forward + backward), {flops / seconds / 1e9:.1f} GFLOP/s; "
           f"share of matmul {100 * share:.0f} % (median of the steps' own shares)")
+    if args.against_released:
+        compare_with_released(model, forward_backward, probe, args.steps)
+
+
+def compare_with_released(model: SMNet, forward_backward: Callable[..., None], probe: MatmulProbe,
+                          repeats: int) -> None:
+    """Forward + loss + backward (all-ones mask map, no optimiser step) of ours and of the released
+    way, in turn."""
+    def released() -> None:
+        forward_backward(lambda inputs, mask_map: released_forward(model, inputs, mask_map))
+
+    versions = {"SMNet": forward_backward, "released": released}
+    flops = [count_flops(fn) for fn in versions.values()]
+    timings = time_alternately(list(versions.values()), flops, probe, repeats=repeats, warmup=1)
+    for (name, _), fn_flops, timing in zip(versions.items(), flops, timings):
+        print(f"  forward + backward, {name}: median {timing.seconds * 1e3:.0f} ms, {fn_flops / 1e9:.1f} GFLOP, "
+              f"share of matmul {100 * timing.share:.0f} %")
+    print(f"  SMNet / released time, median of {repeats} alternated pairs: {paired_ratio(timings[0], timings[1]):.3f}")
 
 
 if __name__ == "__main__":

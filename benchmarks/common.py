@@ -4,7 +4,7 @@ from __future__ import annotations
 import platform
 import statistics
 import time
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
@@ -70,24 +70,45 @@ class Timing(NamedTuple):
     seconds: float  # median time of one call
     matmul_rate: float  # median matmul FLOP/s measured between the calls
     share: float  # median over the calls of (FLOPs / time) / (matmul FLOP/s measured just before)
+    calls: tuple[float, ...]  # every timed call's seconds, in order
 
 
 def time_against_matmul(fn: Callable[[], object], flops: int, probe: MatmulProbe, repeats: int = 5,
                         warmup: int = 2) -> Timing:
     """Times ``fn()`` ``repeats`` times, measuring the matmul rate before each call; its share of
     the matmul rate is taken call by call, so that a drift of the machine cancels out."""
-    for _ in range(warmup):
-        fn()
+    return time_alternately([fn], [flops], probe, repeats, warmup)[0]
+
+
+def time_alternately(fns: Sequence[Callable[[], object]], flops: Sequence[int], probe: MatmulProbe,
+                     repeats: int = 5, warmup: int = 2) -> list[Timing]:
+    """``time_against_matmul`` for several functions called in turn (f1, f2, …, f1, f2, …), so
+    that versions compared with each other meet the same moments of the machine; compare them by
+    ``paired_ratio``."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
     synchronize(probe.device)
-    times, rates = [], []
+    times: list[list[float]] = [[] for _ in fns]
+    rates: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        rates.append(probe.rate())
-        start = time.perf_counter()
-        fn()
-        synchronize(probe.device)
-        times.append(time.perf_counter() - start)
-    shares = [flops / seconds / rate for seconds, rate in zip(times, rates)]
-    return Timing(statistics.median(times), statistics.median(rates), statistics.median(shares))
+        for fn, fn_times, fn_rates in zip(fns, times, rates):
+            fn_rates.append(probe.rate())
+            start = time.perf_counter()
+            fn()
+            synchronize(probe.device)
+            fn_times.append(time.perf_counter() - start)
+    timings = []
+    for fn_flops, fn_times, fn_rates in zip(flops, times, rates):
+        shares = [fn_flops / seconds / rate for seconds, rate in zip(fn_times, fn_rates)]
+        timings.append(Timing(statistics.median(fn_times), statistics.median(fn_rates), statistics.median(shares),
+                              tuple(fn_times)))
+    return timings
+
+
+def paired_ratio(new: Timing, old: Timing) -> float:
+    """Median over the alternated calls of new time / old time (below 1: new is faster)."""
+    return statistics.median(a / b for a, b in zip(new.calls, old.calls))
 
 
 def describe_machine(device: torch.device) -> str:

@@ -209,7 +209,9 @@ class WindowAttention(nn.Module):
             bias = self.relative_position_bias()
         bias = bias.to(q.dtype)
         if shift_mask is not None:
-            bias = (bias + shift_mask.to(q.dtype).unsqueeze(1)).repeat(b, 1, 1, 1)
+            bias = bias + shift_mask.to(q.dtype).unsqueeze(1)  # nW×heads×L×L
+            if b > 1:  # the windows of every sample, one after another
+                bias = bias.repeat(b, 1, 1, 1)
         out = attention(q, k, v, bias, self.scale)
         out = out.view(b, nw, heads, area, c // heads).transpose(2, 3).reshape(b, nw, area, c)
         return self.proj(out)

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from benchmarks.released_forward import channel_attention, to_image, to_tokens
 from models.checkpoint import (
     CheckpointError,
     load_model,
@@ -364,29 +365,13 @@ def test_keep_freed_memory_reuses_large_blocks() -> None:
     assert int(faults.stdout) < 16384
 
 
-def released_channel_attention(mca: MultiExposureChannelAttention, w: torch.Tensor, num_exposures: int,
-                               num_heads: int) -> torch.Tensor:
-    """MCA as MODEL.md describes it: tiled anchor, 1×1 convolutions, L2 normalisation over space,
-    per-head channel attention, project_out; on B×N×C tokens."""
-    b, n, c = w.shape
-    image = w.transpose(1, 2).reshape(b, c, n, 1)
-    slot = c // num_exposures
-    ref = num_exposures // 2
-    anchor = image[:, ref * slot:(ref + 1) * slot].repeat(1, num_exposures, 1, 1)
-    q, k, v = (conv(x).reshape(b, num_heads, c // num_heads, n)
-               for conv, x in ((mca.q, anchor), (mca.k, image), (mca.v, image)))
-    q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-    out = (q @ k.transpose(-2, -1)).softmax(dim=-1) @ v
-    return mca.project_out(out.reshape(b, c, n, 1)).reshape(b, c, n).transpose(1, 2)
-
-
 @pytest.mark.parametrize("batch, exposures", [(1, 3), (2, 1), (2, 2), (3, 5), (1, 6)])
 def test_channel_attention_from_the_gram_matrix_matches_the_convolutions(batch: int, exposures: int) -> None:
     torch.manual_seed(exposures)
     mca = MultiExposureChannelAttention(60)
     heads = channel_attention_heads(60, exposures)
     w = torch.randn(batch, 300, 60, requires_grad=True)
-    expected = released_channel_attention(mca, w, exposures, heads)
+    expected = to_tokens(channel_attention(mca, to_image(w, 20, 15), exposures, heads))
     result = mca(w, exposures, heads)
     assert torch.allclose(result, expected, atol=1e-5)
     grad_out = torch.randn_like(result)
