@@ -45,8 +45,8 @@ def main() -> None:
     device = resolve_device(args.device)
     heads, area, width = 6, 64, 10
     generator = torch.Generator().manual_seed(0)
-    qkv = torch.randn(args.windows, area, 3, heads, width, generator=generator).to(device)
-    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # the network's strided views
+    qkv = torch.randn(args.windows, area, 3, heads, width, generator=generator).to(device)  # projection output
+    packed = qkv.permute(2, 0, 3, 1, 4)  # 3×windows×heads×L×D: the network's strided view
     bias = torch.randn(heads, area, area, generator=generator).to(device)
     scale = width**-0.5
     flops = 4 * args.windows * heads * area * area * width  # two products, as flop_counter counts them
@@ -62,22 +62,23 @@ def main() -> None:
               f"{100 * timing.share:.0f} % of matmul ({timing.matmul_rate / 1e9:.1f} GFLOP/s)")
         return timing.share
 
-    def explicit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def explicit(packed: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        q, k, v = packed.unbind(0)
         return torch.softmax(torch.matmul(q * scale, k.transpose(-2, -1)) + bias, dim=-1) @ v
 
     with torch.inference_mode():
-        fused_share = report("inference, fused (the network's path)", lambda: attention(q, k, v, bias, scale), flops)
-        report("inference, matmul + softmax", lambda: explicit(q, k, v, bias), flops)
+        fused_share = report("inference, fused (the network's path)", lambda: attention(packed, bias, scale), flops)
+        report("inference, matmul + softmax", lambda: explicit(packed, bias), flops)
 
-    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v, bias)]
+    leaves = [t.detach().clone().requires_grad_() for t in (qkv, bias)]
 
     def train_step(fn) -> None:  # noqa: ANN001
-        fn(*leaves).sum().backward()
+        fn(leaves[0].permute(2, 0, 3, 1, 4), leaves[1]).sum().backward()
         for leaf in leaves:
             leaf.grad = None
 
     report("training forward + backward, BiasedAttention (the network's path)",
-           lambda: train_step(lambda *t: BiasedAttention.apply(*t, scale)), 3 * flops)
+           lambda: train_step(lambda packed, bias: BiasedAttention.apply(packed, bias, scale)), 3 * flops)
     report("training forward + backward, autograd through the formula", lambda: train_step(explicit), 3 * flops)
 
     # The forward pass of the default network on a 256×256 image: its attention FLOPs run at the

@@ -120,18 +120,30 @@ def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
     return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window_size, window_size, c)
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tensor:
-    """softmax(q·kᵀ·scale + bias)·v for B×heads×L×D inputs and a heads×L×L or B×heads×L×L bias.
+def attention(qkv: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax(q·kᵀ·scale + bias)·v, with q, k, v = ``qkv`` (3×B×heads×L×D, usually a strided
+    view of the qkv projection) and a heads×L×L or B×heads×L×L bias.
 
     Without gradients for the bias, PyTorch's fused kernel runs (on CPU it needs a 4-D mask,
     hence the stride-0 expand). A learnable bias would send it to its unfused fallback, so
     training uses ``BiasedAttention`` instead.
     """
     if bias.requires_grad and torch.is_grad_enabled():
-        return BiasedAttention.apply(q, k, v, bias, scale)
+        return BiasedAttention.apply(qkv, bias, scale)
+    q, k, v = qkv.unbind(0)
     if bias.dim() == 3:
         bias = bias.expand(q.shape[0], *bias.shape)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+
+
+def _is_dense(tensor: torch.Tensor) -> bool:
+    """Whether the elements fill their memory exactly once (a contiguous tensor, permuted)."""
+    expected = 1
+    for size, stride in sorted(zip(tensor.shape, tensor.stride()), key=lambda pair: pair[1]):
+        if size != 1 and stride != expected:
+            return False
+        expected *= size
+    return True
 
 
 class BiasedAttention(torch.autograd.Function):
@@ -141,21 +153,24 @@ class BiasedAttention(torch.autograd.Function):
     that its output rows are L (64) wide rather than D (the head width, 10 by default): the
     weighted sum is computed as vᵀ·pᵀ and the gradients of q, k and v transposed. Narrow outputs
     halve the speed of the CPU's batched GEMMs, and the backward pass is dominated by them.
+    It takes q, k and v packed as one ``qkv`` tensor and writes their gradients straight into
+    one tensor laid out like it, so the projection's gradient needs no stacking or copy.
     """
 
     @staticmethod
-    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,  # noqa: ANN001
-                scale: float) -> torch.Tensor:
+    def forward(ctx, qkv: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tensor:  # noqa: ANN001
         # One pass each into head-major order (the scale folded into q's); every product below
         # then reads them in place.
-        q = torch.mul(q, scale, out=q.new_empty(q.shape))
-        k, v = k.contiguous(), v.contiguous()
+        q = torch.mul(qkv[0], scale, out=qkv.new_empty(qkv.shape[1:]))
+        k, v = qkv[1].contiguous(), qkv[2].contiguous()
         logits = torch.matmul(q, k.transpose(-2, -1)).add_(bias)
         p = torch.softmax(logits, dim=-1)
         out_t = torch.matmul(v.transpose(-2, -1), p.transpose(-2, -1).to(v.dtype))
         ctx.save_for_backward(q, k, v, p)
         ctx.scale = scale
         ctx.bias_shape = bias.shape
+        # The gradient is laid out like qkv where that is a dense layout (a permuted view).
+        ctx.qkv_layout = (qkv.shape, qkv.stride() if _is_dense(qkv) else None)
         return out_t.transpose(-2, -1)
 
     @staticmethod
@@ -167,9 +182,14 @@ class BiasedAttention(torch.autograd.Function):
         grad_logits = torch._softmax_backward_data(grad_p.to(p.dtype), p, -1, p.dtype).to(q_scaled.dtype)
         grad_q_t = torch.matmul(k.transpose(-2, -1), grad_logits.transpose(-2, -1)).mul_(ctx.scale)
         grad_k_t = torch.matmul(q_scaled.transpose(-2, -1), grad_logits)
+        shape, stride = ctx.qkv_layout
+        grad_qkv = (grad_out.new_empty(shape) if stride is None else
+                    torch.empty_strided(shape, stride, dtype=grad_out.dtype, device=grad_out.device))
+        for part, grad_t in zip(grad_qkv, (grad_q_t, grad_k_t, grad_v_t)):
+            part.copy_(grad_t.transpose(-2, -1))
         extra = grad_logits.dim() - len(ctx.bias_shape)
         grad_bias = grad_logits.sum(dim=tuple(range(extra))) if extra else grad_logits
-        return grad_q_t.transpose(-2, -1), grad_k_t.transpose(-2, -1), grad_v_t.transpose(-2, -1), grad_bias, None
+        return grad_qkv, grad_bias, None
 
 
 class WindowAttention(nn.Module):
@@ -204,14 +224,13 @@ class WindowAttention(nn.Module):
         b, nw, area, c = windows.shape
         heads = self.num_heads
         qkv = self.qkv(windows).view(b * nw, area, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
         if bias is None:
             bias = self.relative_position_bias()
-        bias = bias.to(q.dtype)
+        bias = bias.to(qkv.dtype)
         if shift_mask is not None:
-            bias = bias + shift_mask.to(q.dtype).unsqueeze(1)  # nW×heads×L×L
+            bias = bias + shift_mask.to(qkv.dtype).unsqueeze(1)  # nW×heads×L×L
             if b > 1:  # the windows of every sample, one after another
                 bias = bias.repeat(b, 1, 1, 1)
-        out = attention(q, k, v, bias, self.scale)
+        out = attention(qkv, bias, self.scale)
         out = out.view(b, nw, heads, area, c // heads).transpose(2, 3).reshape(b, nw, area, c)
         return self.proj(out)

@@ -248,12 +248,13 @@ def test_inference_in_chunks_equals_the_whole_image_path(monkeypatch: pytest.Mon
 
 @pytest.mark.parametrize("bias_shape", [(2, 16, 16), (4, 2, 16, 16)])
 def test_attention_paths_agree_with_the_formula(bias_shape: tuple[int, ...]) -> None:
-    q, k, v = (torch.randn(4, 2, 16, 8).transpose(1, 2).contiguous().transpose(1, 2) for _ in range(3))
+    qkv = torch.randn(4, 16, 3, 2, 8).permute(2, 0, 3, 1, 4)  # strided, as in the network
+    q, k, v = qkv.unbind(0)
     bias = torch.randn(bias_shape, requires_grad=True)
     formula = torch.softmax(q @ k.transpose(-2, -1) * 0.3 + bias, dim=-1) @ v
-    training = attention(q, k, v, bias, 0.3)  # BiasedAttention
+    training = attention(qkv, bias, 0.3)  # BiasedAttention
     with torch.no_grad():
-        inference = attention(q, k, v, bias, 0.3)  # the CPU's wide-output products
+        inference = attention(qkv, bias, 0.3)  # the fused kernel
         full_bias = bias.expand(4, 2, 16, 16) if bias.dim() == 3 else bias
         fused = F.scaled_dot_product_attention(q, k, v, attn_mask=full_bias, scale=0.3)
     for result in (training, inference, fused):
@@ -330,17 +331,23 @@ def test_torch_compile_matches_eager() -> None:
 
 
 @pytest.mark.parametrize("batched_bias", [False, True])
-def test_biased_attention_gradients_match_autograd(batched_bias: bool) -> None:
-    """Training attention computes its own backward; it must equal autograd through the formula."""
+@pytest.mark.parametrize("layout", ["permuted", "strided"])
+def test_biased_attention_gradients_match_autograd(batched_bias: bool, layout: str) -> None:
+    """Training attention computes its own backward; it must equal autograd through the formula,
+    for q, k, v packed as a permuted view (as in the network) or in a layout with gaps."""
     from models.window_attention import BiasedAttention
 
     torch.manual_seed(0)
-    qkv = torch.randn(4, 7, 3, 2, 5, dtype=torch.float64).permute(2, 0, 3, 1, 4)  # strided, as in the network
-    q, k, v = (t.detach().requires_grad_() for t in qkv.unbind(0))
+    if layout == "permuted":
+        qkv = torch.randn(4, 7, 3, 2, 5, dtype=torch.float64).permute(2, 0, 3, 1, 4)
+    else:
+        qkv = torch.randn(3, 4, 2, 7, 10, dtype=torch.float64)[..., ::2]
+    qkv = qkv.detach().requires_grad_()
     bias = torch.randn(*((4,) if batched_bias else ()), 2, 7, 7, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda *a: BiasedAttention.apply(*a, 0.4), (q, k, v, bias))
+    assert torch.autograd.gradcheck(lambda *a: BiasedAttention.apply(*a, 0.4), (qkv, bias))
+    q, k, v = qkv.unbind(0)
     reference = torch.softmax(q @ k.transpose(-2, -1) * 0.4 + bias, dim=-1) @ v
-    assert torch.allclose(BiasedAttention.apply(q, k, v, bias, 0.4), reference)
+    assert torch.allclose(BiasedAttention.apply(qkv, bias, 0.4), reference)
 
 
 def test_keep_freed_memory_reuses_large_blocks() -> None:
