@@ -5,8 +5,9 @@ A plain transcription of MODEL.md in the released network's style, run over the 
 image reshapes around every convolution, a window partition and reverse with ``torch.roll`` in
 every block, a materialised shift mask for the image size, explicit softmax attention, average
 pooling in the channel gate, and the channel attention across exposures with 1×1 convolutions on
-the whole image. It is what ``benchmarks/bench_model.py --against_released`` times our network
-against, and the tests check that both compute the same thing.
+the whole image. ``--against_released`` in ``benchmarks/bench_model.py`` and
+``benchmarks/bench_train.py`` times our network against it, and the tests check that both compute
+the same thing (outputs and gradients).
 """
 from __future__ import annotations
 
