@@ -101,7 +101,7 @@ def main() -> None:
             model(image)
 
     def forward_without_attention() -> None:
-        with patch.object(window_attention, "attention", lambda q, k, v, bias, scale: torch.zeros_like(q)):
+        with patch.object(window_attention, "attention", lambda qkv, bias, scale: torch.zeros_like(qkv[0])):
             forward()
 
     timings = time_alternately([forward, forward_without_attention], [total, total], probe, repeats=args.repeats)

@@ -136,16 +136,6 @@ def attention(qkv: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tens
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
 
 
-def _is_dense(tensor: torch.Tensor) -> bool:
-    """Whether the elements fill their memory exactly once (a contiguous tensor, permuted)."""
-    expected = 1
-    for size, stride in sorted(zip(tensor.shape, tensor.stride()), key=lambda pair: pair[1]):
-        if size != 1 and stride != expected:
-            return False
-        expected *= size
-    return True
-
-
 class BiasedAttention(torch.autograd.Function):
     """Attention with a learnable additive bias, for training.
 
@@ -169,8 +159,9 @@ class BiasedAttention(torch.autograd.Function):
         ctx.save_for_backward(q, k, v, p)
         ctx.scale = scale
         ctx.bias_shape = bias.shape
-        # The gradient is laid out like qkv where that is a dense layout (a permuted view).
-        ctx.qkv_layout = (qkv.shape, qkv.stride() if _is_dense(qkv) else None)
+        # The gradient is laid out like qkv where that is dense (a permuted view), otherwise
+        # contiguous: empty_like's rule, kept on the meta device (no memory).
+        ctx.grad_layout = torch.empty_like(qkv, device="meta")
         return out_t.transpose(-2, -1)
 
     @staticmethod
@@ -182,9 +173,8 @@ class BiasedAttention(torch.autograd.Function):
         grad_logits = torch._softmax_backward_data(grad_p.to(p.dtype), p, -1, p.dtype).to(q_scaled.dtype)
         grad_q_t = torch.matmul(k.transpose(-2, -1), grad_logits.transpose(-2, -1)).mul_(ctx.scale)
         grad_k_t = torch.matmul(q_scaled.transpose(-2, -1), grad_logits)
-        shape, stride = ctx.qkv_layout
-        grad_qkv = (grad_out.new_empty(shape) if stride is None else
-                    torch.empty_strided(shape, stride, dtype=grad_out.dtype, device=grad_out.device))
+        layout = ctx.grad_layout
+        grad_qkv = torch.empty_strided(layout.shape, layout.stride(), dtype=grad_out.dtype, device=grad_out.device)
         for part, grad_t in zip(grad_qkv, (grad_q_t, grad_k_t, grad_v_t)):
             part.copy_(grad_t.transpose(-2, -1))
         extra = grad_logits.dim() - len(ctx.bias_shape)
