@@ -18,7 +18,7 @@ CKPT_TRAIN_ARGS = --dataset_dir $(CKPT_DIR)/data --preset tiny --patch_size 96 -
 	--phase1_epochs 12 --epochs 16 --metric_guided_interval 4 --test_interval 4 --save_interval 4 \
 	--num_workers 0 --seed 1 --no_progress
 
-.PHONY: setup test demo demo-checkpoint clean-demo
+.PHONY: setup test demo demo-checkpoint bench clean-demo
 
 setup: $(VENV)/.installed
 
@@ -30,6 +30,14 @@ $(VENV)/.installed: requirements.txt
 
 test: setup
 	$(PY) -m pytest -q
+
+# The CPU benchmarks (a few minutes each; figures and their meaning in BENCHMARKS.md).
+bench: setup
+	$(PY) -m benchmarks.bench_masking
+	$(PY) -m benchmarks.bench_model
+	$(PY) -m benchmarks.bench_attention
+	$(PY) -m benchmarks.bench_train --steps 3
+	$(PY) -m benchmarks.bench_tiling --tile 128 256
 
 demo: setup
 	rm -rf $(DEMO_DIR)

@@ -2,11 +2,11 @@
 
     python train_phase2.py --dataset_dir data/Kalantari --logdir runs/phase2 --resume runs/phase1/last.pth
 
-See `python train_phase2.py --help` and utils/trainer.py.
+See `python train_phase2.py --help` and training/trainer.py.
 """
 import sys
 
-from utils.trainer import main
+from training.trainer import main
 
 if __name__ == "__main__":
     sys.exit(main(phase=2))

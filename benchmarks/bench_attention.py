@@ -1,8 +1,8 @@
 """Speed of window attention alone at SMNet's shapes (8×8 windows, 6 heads of 10 channels), and
 the ceiling it puts on the whole forward pass.
 
-    python benchmarks/bench_attention.py                  # the windows of one 256×256 image
-    python benchmarks/bench_attention.py --device cuda --windows 23436
+    python -m benchmarks.bench_attention                  # the windows of one 256×256 image
+    python -m benchmarks.bench_attention --device cuda --windows 23436
 
 Attention is about 12 % of the network's FLOPs, but its products are tiny (64×64 logits over
 10 channels), so it runs far below the machine's matmul rate. The script times the kernels the
@@ -14,25 +14,21 @@ with the window attention taking no time at all.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 from unittest.mock import patch
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     MatmulProbe,
     count_flops,
     describe_machine,
     time_against_matmul,
     time_alternately,
 )
-from models import window_attention  # noqa: E402
-from models.smnet import SMNet  # noqa: E402
-from models.window_attention import BiasedAttention, attention  # noqa: E402
-from utils.distributed import resolve_device  # noqa: E402
+from models import window_attention
+from models.smnet import SMNet
+from models.window_attention import BiasedAttention, attention
+from utils.distributed import resolve_device
 
 
 def main() -> None:

@@ -1,9 +1,9 @@
 """Forward-pass speed of the default SMNet: median time, FLOPs, achieved FLOP/s and its share of
 the machine's matmul FLOP/s (measured before each timed call, see ``benchmarks.common``).
 
-    python benchmarks/bench_model.py                       # CPU, 128² and 256², float32
-    python benchmarks/bench_model.py --device cuda --sizes 1000x1500 --dtypes float32 bfloat16
-    python benchmarks/bench_model.py --sizes 256 --against_released   # vs the released code's way
+    python -m benchmarks.bench_model                       # CPU, 128² and 256², float32
+    python -m benchmarks.bench_model --device cuda --sizes 1000x1500 --dtypes float32 bfloat16
+    python -m benchmarks.bench_model --sizes 256 --against_released   # vs the released code's way
 
 ``--against_released`` times a transcription of the released forward pass
 (``benchmarks/released_forward.py``: same weights, same output) in turn with ours, call by call,
@@ -12,15 +12,11 @@ and prints both and the median of the paired time ratios.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 from typing import Callable
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     MatmulProbe,
     Timing,
     count_flops,
@@ -28,9 +24,9 @@ from benchmarks.common import (  # noqa: E402
     paired_ratio,
     time_alternately,
 )
-from benchmarks.released_forward import released_forward  # noqa: E402
-from models.smnet import SMNet  # noqa: E402
-from utils.distributed import resolve_device  # noqa: E402
+from benchmarks.released_forward import released_forward
+from models.smnet import SMNet
+from utils.distributed import resolve_device
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -1,8 +1,8 @@
 """What tiled inference costs in quality and time: mean PSNR-μ and PSNR-l of one pass versus
 tiles of each size, the change in dB, the mean absolute pixel difference and the time per scene.
 
-    python benchmarks/bench_tiling.py                          # 3 generated 256×384 scenes, CPU
-    python benchmarks/bench_tiling.py --dataset_dir data/Kalantari --device cuda --tile 256 512
+    python -m benchmarks.bench_tiling                          # 3 generated 256×384 scenes, CPU
+    python -m benchmarks.bench_tiling --dataset_dir data/Kalantari --device cuda --tile 256 512
 
 Without ``--dataset_dir`` three test scenes of 256×384 are generated (seed 11) into a temporary
 folder. The model is ``--pretrained_model`` (default ``pretrain_model/demo_smnet.pth``), or a
@@ -12,23 +12,20 @@ effect of tiling, not the network's quality.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.common import describe_machine, synchronize  # noqa: E402
-from datasets import HDRFullImageDataset  # noqa: E402
-from datasets.synthetic import make_dataset  # noqa: E402
-from models.checkpoint import load_model  # noqa: E402
-from models.inference import TEST_PAD_MULTIPLE, eval_mode, resolve_amp  # noqa: E402
-from models.smnet import SMNet  # noqa: E402
-from utils.evaluation import EvaluationResult, evaluate_scenes, predict  # noqa: E402
-from utils.distributed import resolve_device  # noqa: E402
+from benchmarks.common import describe_machine, synchronize
+from datasets import HDRFullImageDataset
+from datasets.synthetic import make_dataset
+from models.checkpoint import load_model
+from models.inference import TEST_PAD_MULTIPLE, eval_mode, resolve_amp
+from models.smnet import SMNet
+from evaluation.evaluate import EvaluationResult, evaluate_scenes, predict
+from utils.distributed import resolve_device
 
 DEFAULT_CHECKPOINT = Path("pretrain_model/demo_smnet.pth")
 GENERATED_SCENES, GENERATED_SIZE, GENERATED_SEED = 3, (256, 384), 11

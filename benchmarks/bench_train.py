@@ -2,9 +2,9 @@
 construction, forward (with the loss) and backward + Adam, its FLOPs, and the achieved share
 of the machine's matmul FLOP/s (measured before each step).
 
-    python benchmarks/bench_train.py                          # CPU: batch 4, 128², 3 exposures
-    python benchmarks/bench_train.py --device cuda --batch 8 --amp bf16
-    python benchmarks/bench_train.py --against_released   # forward + backward vs the released code's way
+    python -m benchmarks.bench_train                          # CPU: batch 4, 128², 3 exposures
+    python -m benchmarks.bench_train --device cuda --batch 8 --amp bf16
+    python -m benchmarks.bench_train --against_released   # forward + backward vs the released code's way
 
 ``--against_released`` then times forward + loss + backward of ours and of a transcription of the
 released forward pass (``benchmarks/released_forward.py``) in turn, call by call.
@@ -13,21 +13,23 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
-from pathlib import Path
 from typing import Callable
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.common import MatmulProbe, count_flops, describe_machine, paired_ratio, time_alternately  # noqa: E402
-from benchmarks.released_forward import released_forward  # noqa: E402
-from models.smnet import SMNet  # noqa: E402
-from utils.losses import HDRLoss  # noqa: E402
-from utils.masking import voronoi_segments  # noqa: E402
-from utils.trainer import StepTimes, training_step  # noqa: E402
-from utils.distributed import resolve_device  # noqa: E402
+from benchmarks.common import (
+    MatmulProbe,
+    count_flops,
+    describe_machine,
+    paired_ratio,
+    time_alternately,
+    voronoi_segments,
+)
+from benchmarks.released_forward import released_forward
+from models.smnet import SMNet
+from training.losses import HDRLoss
+from training.trainer import StepTimes, training_step
+from utils.distributed import resolve_device
 
 NUM_IDS = 5000
 

@@ -9,10 +9,7 @@ from typing import Callable, NamedTuple, Sequence
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from utils.distributed import synchronize
 
 
 def median_time(fn: Callable[[], object], device: torch.device, repeats: int = 5, warmup: int = 2) -> float:
@@ -116,3 +113,16 @@ def describe_machine(device: torch.device) -> str:
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
     return (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
             f"torch {torch.__version__}")
+
+
+def voronoi_segments(batch: int, size: int, per_crop: int, num_ids: int,
+                     generator: torch.Generator) -> torch.Tensor:
+    """B×size×size segment IDs for benchmarks: ``per_crop`` irregular (Voronoi) cells per crop,
+    their IDs drawn from ``num_ids``; on the generator's device."""
+    device = generator.device
+    seeds = torch.randint(0, num_ids, (batch, per_crop), generator=generator, device=device)
+    centres = torch.rand(batch, per_crop, 2, generator=generator, device=device) * size
+    ys, xs = torch.meshgrid(torch.arange(size, device=device), torch.arange(size, device=device), indexing="ij")
+    grid = torch.stack([ys, xs], -1).float().view(1, -1, 1, 2)
+    nearest = (grid - centres.view(batch, 1, -1, 2)).square().sum(-1).argmin(-1)
+    return torch.gather(seeds, 1, nearest).view(batch, size, size)

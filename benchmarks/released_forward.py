@@ -1,6 +1,6 @@
 """The forward pass of SMNet written the way the released code computes it, for comparison.
 
-A plain transcription of MODEL.md in the released network's style, run over the parameters of an
+A plain transcription of docs/METHOD.md in the released network's style, run over the parameters of an
 ``SMNet`` (it has none of its own): the shallow extractor on each exposure separately, token ↔
 image reshapes around every convolution, a window partition and reverse with ``torch.roll`` in
 every block, a materialised shift mask for the image size, explicit softmax attention, average

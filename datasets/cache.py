@@ -19,7 +19,7 @@ from typing import Literal, Optional, Union
 
 import numpy as np
 
-from .atomic_io import save_npy_atomically, write_text_atomically
+from utils.atomic_io import save_npy_atomically, write_text_atomically
 from .scene import PathLike, Scene, SceneLayout, check_requirements, load_scene, scene_source_files
 
 CacheMode = Optional[Literal["memory", "npy"]]

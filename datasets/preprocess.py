@@ -1,12 +1,15 @@
 """Network input as the released checkpoints expect it, and the training-time crop and flip."""
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-GAMMA = 2.2
+from utils.tonemap import GAMMA
+
+CHANNELS_PER_EXPOSURE = 6
+"""Network input channels per exposure: the linearised image LDR**2.2 / t, then the LDR itself."""
 
 
 def exposure_times(exposure_stops: Sequence[float]) -> np.ndarray:
@@ -48,3 +51,22 @@ def random_flip_axis(generator: Optional[torch.Generator] = None) -> Optional[in
     if float(torch.rand((), generator=generator)) >= 0.5:
         return None
     return 0 if float(torch.rand((), generator=generator)) < 0.5 else 1
+
+
+def exposures_from_sample(sample: Mapping[str, object]) -> tuple[list[np.ndarray], list[float]]:
+    """The LDR exposures (H×W×3 float32 in [0, 1], shortest first) and their stops, recovered
+    from a sample's network input ``[LDR**2.2 / t, LDR]`` per exposure."""
+    inputs = torch.as_tensor(sample["input"])
+    count = inputs.shape[0] // CHANNELS_PER_EXPOSURE
+    ldrs = [inputs[CHANNELS_PER_EXPOSURE * i + 3:CHANNELS_PER_EXPOSURE * (i + 1)].permute(1, 2, 0).numpy()
+            for i in range(count)]
+    stops = [float(s) for s in torch.as_tensor(sample["exposures"]).reshape(-1)]
+    if len(stops) != count:
+        raise ValueError(f"scene {sample['scene']}: {count} exposures in the input but {len(stops)} stops")
+    return ldrs, stops
+
+
+def reference_ldr(sample: Mapping[str, object]) -> np.ndarray:
+    """The reference (middle) exposure of a sample as H×W×3 float32 in [0, 1]."""
+    ldrs, _ = exposures_from_sample(sample)
+    return ldrs[len(ldrs) // 2]

@@ -20,7 +20,7 @@ import numpy as np
 
 from utils.image_io import ImageReadError, read_hdr, read_ldr
 
-from .atomic_io import save_npy_atomically
+from utils.atomic_io import save_npy_atomically
 
 PathLike = Union[str, Path]
 

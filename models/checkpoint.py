@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torch import nn
+
+from utils.atomic_io import atomic_path
 
 from .smnet import SMNet
 
@@ -150,18 +151,10 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu", **ov
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file in the same folder, then rename: a crash never leaves a
-    truncated checkpoint behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """torch.save through ``utils.atomic_io.atomic_path``: a crash never leaves a truncated
+    checkpoint behind."""
+    with atomic_path(path) as temporary:
+        torch.save(obj, temporary)
 
 
 def save_model(path: str | os.PathLike, model: nn.Module, **extra: Any) -> None:

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -174,3 +175,54 @@ def reconstruct_tiled(model: nn.Module, inputs: torch.Tensor, tile: int, overlap
             piece = reconstruct(model, inputs[..., top:bottom, left:right].to(device), multiple, amp).cpu()
             output[..., top:bottom, left:right] += piece * (row_weights[:, None] * col_weights[None, :])
     return output.clamp_(0.0, 1.0)  # a convex blend of clamped tiles; the clamp only absorbs rounding
+
+
+# ---------------------------------------------------------------------------
+# The settings that travel together
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How a full image goes through the network: padding multiple, tiles, autocast precision.
+
+    The defaults are the released test protocol: reflection padding to a multiple of 128, one
+    pass, float32.
+    """
+
+    pad_multiple: int = TEST_PAD_MULTIPLE
+    tile: int = 0
+    tile_overlap: int = 32
+    amp: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.pad_multiple < 1:
+            raise ValueError(f"the padding multiple must be positive (got {self.pad_multiple})")
+        if self.tile < 0 or (self.tile and not 0 <= self.tile_overlap < self.tile):
+            raise ValueError(f"the tile size must be >= 0 and the overlap in [0, tile) "
+                             f"(got {self.tile}, {self.tile_overlap})")
+
+    def describe(self) -> dict[str, Any]:
+        """The settings and what they mean, as recorded in summary.json."""
+        tiled = self.tile > 0
+        return {
+            **asdict(self),
+            "amp": self.amp or "fp32",
+            "tile_overlap": self.tile_overlap if tiled else 0,
+            "mode": "tiled" if tiled else "one pass (released protocol)",
+            "padding": f"reflection at the bottom and right to a multiple of {self.pad_multiple}"
+                       + (" (per tile)" if tiled else ""),
+            "clamp": [0.0, 1.0],
+            "crop": "back to the input's size",
+            "mask_map": None,
+            "tile_blend": "separable raised-cosine ramps across overlaps, weights summing to 1" if tiled else None,
+        }
+
+
+def predict(model: nn.Module, inputs: torch.Tensor, device: torch.device | str,
+            settings: InferenceSettings = InferenceSettings()) -> torch.Tensor:
+    """B×3×H×W float32 CPU prediction of CPU inputs: one pass on ``device``, or tiles (only one
+    tile on the device at a time) when ``settings.tile`` is set."""
+    if settings.tile > 0:
+        return reconstruct_tiled(model, inputs, settings.tile, settings.tile_overlap, settings.amp,
+                                 settings.pad_multiple, device=device)
+    return reconstruct(model, inputs.to(device), settings.pad_multiple, settings.amp).cpu()

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from datasets.options import add_data_options, scene_layout
 from datasets.scene import (
     SceneLayout,
     list_scenes,
@@ -268,8 +269,7 @@ def segment_split(dataset_dir: Union[str, Path], split: str = "Training", propos
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Write semantic segment maps (masks.npy) for a dataset split.")
-    parser.add_argument("--dataset_dir", required=True, type=Path, help="dataset folder holding the split folder")
-    parser.add_argument("--train_path", default="Training", help="split folder name inside dataset_dir")
+    add_data_options(parser, splits=("train",), cache=False)
     parser.add_argument("--mode", choices=MODES, default="sam",
                         help="sam: Segment Anything; superpixel: SLIC, no weights; random: one segment per scene")
     parser.add_argument("--sam_checkpoint", type=Path, default=None,
@@ -285,9 +285,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--pred_iou_thresh", type=float, default=RELEASED_GENERATOR_SETTINGS["pred_iou_thresh"])
     parser.add_argument("--stability_score_thresh", type=float,
                         default=RELEASED_GENERATOR_SETTINGS["stability_score_thresh"])
-    parser.add_argument("--ldr_pattern", default=SceneLayout.ldr_pattern, help="glob of the LDR files")
-    parser.add_argument("--ldr_subdir", default=None, help="sub-folder of each scene holding the LDRs")
-    parser.add_argument("--masks_file", default=SceneLayout.masks_file, help="segment map file name")
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     return parser.parse_args(argv)
 
@@ -305,7 +302,7 @@ def make_proposer(args: argparse.Namespace) -> MaskProposer:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    layout = SceneLayout(ldr_pattern=args.ldr_pattern, ldr_subdir=args.ldr_subdir, masks_file=args.masks_file)
+    layout = scene_layout(args)
     try:
         propose = make_proposer(args)
     except SamCheckpointError as err:

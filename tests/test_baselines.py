@@ -4,14 +4,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from utils.baselines import (
+from datasets.preprocess import exposure_times
+from evaluation.baselines import (
     debevec_baseline,
-    exposure_times,
     gamma_camera_response,
     linearize,
     reference_exposure_baseline,
 )
-from utils.metrics import psnr_mu
+from evaluation.metrics import psnr_mu
 
 STOPS = [0.0, 2.0, 4.0]  # t = 1, 4, 16; the reference (middle) exposure has t = 4
 HEIGHT, WIDTH = 48, 96

@@ -1,10 +1,10 @@
-"""Schedules, per-segment PSNR-μ and the metric-guided table update (TRAINING.md)."""
+"""Schedules, per-segment PSNR-μ and the metric-guided table update (docs/METHOD.md)."""
 import math
 
 import pytest
 import torch
 
-from utils.curriculum import (
+from training.curriculum import (
     PSNR_CAP_DB,
     SegmentTables,
     build_lr_scheduler,
@@ -60,7 +60,7 @@ def _cosine(e, period, lr=5e-4, eta_min=5e-5):
     [
         (1, 5e-4),
         (300, _cosine(299, 400)),
-        (301, 5e-4),  # phase 2 restarts: TRAINING.md's e = 300
+        (301, 5e-4),  # phase 2 restarts: docs/METHOD.md's e = 300
         (350, _cosine(49, 100)),
         (351, 2.75e-4),  # e = 350, half way down
         (400, _cosine(99, 100)),

@@ -9,7 +9,7 @@ import pytest
 from datasets import HDRFullImageDataset
 from datasets.synthetic import make_dataset
 from models.checkpoint import load_model, read_checkpoint
-from utils.evaluation import evaluate_baselines, evaluate_scenes
+from evaluation.evaluate import evaluate_baselines, evaluate_scenes
 
 DEMO_CHECKPOINT = Path(__file__).resolve().parents[1] / "pretrain_model" / "demo_smnet.pth"
 

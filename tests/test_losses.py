@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils import losses
-from utils.losses import (
+from training import losses
+from training.losses import (
     HDRLoss,
     PerceptualLoss,
     VGG19Features,

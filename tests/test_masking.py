@@ -1,8 +1,8 @@
-"""Mask and loss maps of the masked training step (TRAINING.md, "Masked training step")."""
+"""Mask and loss maps of the masked training step (docs/METHOD.md, "Masked training step")."""
 import pytest
 import torch
 
-from utils.masking import build_loss_map, build_mask_map
+from training.masking import build_loss_map, build_mask_map
 
 
 def _random_segments(batch: int = 3, size: int = 24, num_ids: int = 12, seed: int = 0) -> torch.Tensor:

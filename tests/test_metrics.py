@@ -1,4 +1,4 @@
-"""Tests of the per-scene metrics and their accumulation (utils/metrics.py)."""
+"""Tests of the per-scene metrics and their accumulation (evaluation/metrics.py, evaluation/tables.py)."""
 from __future__ import annotations
 
 import csv
@@ -13,18 +13,16 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from utils import metrics
-from utils.metrics import (
-    MetricTable,
+from evaluation import metrics
+from evaluation.metrics import (
     compute_metrics,
-    format_table,
-    mean_metrics,
     psnr,
     psnr_l,
     psnr_mu,
     ssim,
     ssim_map,
 )
+from evaluation.tables import MetricTable, format_table, mean_metrics
 from utils.tonemap import mu_tonemap
 
 CORE_KEYS = {"psnr_l", "psnr_mu", "ssim_l", "ssim_mu"}
@@ -217,7 +215,7 @@ def test_without_cvvdp_the_optional_columns_are_skipped_with_one_note(
     monkeypatch.setitem(sys.modules, "pycvvdp", None)  # makes `import pycvvdp` fail
     rng = np.random.default_rng(10)
     label = smooth_image(rng, (16, 16, 3))
-    with caplog.at_level(logging.WARNING, logger="utils.metrics"):
+    with caplog.at_level(logging.WARNING, logger="evaluation.metrics"):
         first = compute_metrics(label, label, with_cvvdp=True)
         second = compute_metrics(label, label, with_cvvdp=True)
     assert set(first) == set(second) == CORE_KEYS

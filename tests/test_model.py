@@ -283,7 +283,7 @@ def test_gradient_reaches_every_parameter_with_a_mask_map() -> None:
     mask_map = (torch.rand(2, 1, 32, 32) > 0.5).float()
     out = model(x, mask_map)
     out.mean().backward()
-    unused = {"norm1_y"}  # kept for the released checkpoints, never used (see MODEL.md)
+    unused = {"norm1_y"}  # kept for the released checkpoints, never used (see docs/METHOD.md)
     for name, param in model.named_parameters():
         if any(part in name for part in unused):
             assert param.grad is None, name

@@ -3,11 +3,9 @@ against an independent forward pass, independent baseline merges and the files w
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import shutil
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -19,9 +17,10 @@ from datasets.preprocess import build_network_input
 from datasets.synthetic import make_dataset
 from models.checkpoint import load_model
 from models.inference import reconstruct, reconstruct_tiled
-from utils.baselines import debevec_baseline, reference_exposure_baseline
+from evaluation import cli as script
+from evaluation.baselines import debevec_baseline, reference_exposure_baseline
 from utils.image_io import read_hdr, read_ldr
-from utils.metrics import psnr_l, psnr_mu, ssim_l, ssim_mu
+from evaluation.metrics import psnr_l, psnr_mu, ssim_l, ssim_mu
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "tiny_n3_32x32.pth"
@@ -31,15 +30,6 @@ TIGHT_DB = 1e-6  # same weights, same input, same protocol: the numbers must agr
 RGBE_RELATIVE = 2.0**-7  # Radiance RGBE: 8-bit mantissas under an exponent shared by the pixel
 
 
-def load_script() -> ModuleType:
-    """``test.py`` as a module (its name would clash with the standard library's ``test``)."""
-    spec = importlib.util.spec_from_file_location("evaluation_script", ROOT / "test.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-script = load_script()
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +111,7 @@ def test_default_run_writes_images_metrics_and_summary(default_run: Path) -> Non
 
     summary = json.loads((default_run / "summary.json").read_text())
     assert summary["checkpoint"] == str(FIXTURE)
-    assert summary["ssim_variant"] == "released"
+    assert summary["metric_settings"]["ssim_variant"] == "released"
     assert summary["num_scenes"] == len(SCENES)
     protocol = summary["protocol"]
     assert protocol["mode"].startswith("one pass") and protocol["pad_multiple"] == 128
@@ -194,7 +184,7 @@ def test_a_checkpoint_folder_is_evaluated_into_one_folder_each(dataset_dir: Path
         out = save_dir / stem
         summary = json.loads((out / "summary.json").read_text())
         assert summary["checkpoint"] == str((folder / f"{stem}.pth").resolve())
-        assert summary["ssim_variant"] == "matlab"
+        assert summary["metric_settings"]["ssim_variant"] == "matlab"
         rows = read_csv(out / "metrics.csv", "scene")
         assert "pu_psnr" not in rows[SCENES[0]]
         for name, scene in scenes.items():

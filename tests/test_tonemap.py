@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.previews import mu_error_heatmap, side_by_side, write_rgb
+from evaluation.previews import mu_error_heatmap, side_by_side, write_rgb
 from utils.tonemap import MU, mu_tonemap, to_uint8, tonemap_for_display
 
 OPENCV_OPERATORS = ["reinhard", "mantiuk"]

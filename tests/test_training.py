@@ -16,9 +16,9 @@ from datasets.synthetic import make_dataset
 from models.checkpoint import read_checkpoint
 from models.smnet import SMNet
 from segmask.segment import segment_split, superpixel_masks
-from utils.losses import HDRLoss, VGG19Features
-from utils.trainer import Trainer, freeze_all_but_shallow_extractor, main, training_step
-from utils.training_options import parse_args
+from training.losses import HDRLoss, VGG19Features
+from training.trainer import Trainer, freeze_all_but_shallow_extractor, main, training_step
+from training.options import parse_args
 
 FAST = ["--preset", "tiny", "--patch_size", "32", "--batch_size", "2", "--repeat", "2", "--num_workers", "0",
         "--no_progress", "--test_interval", "100", "--embed_dim", "12", "--depths", "1", "1", "--num_heads", "2", "2"]
@@ -179,7 +179,7 @@ def test_perceptual_term_trains_with_a_vgg_weights_file(dataset, tmp_path):
 
 def test_perceptual_term_without_vgg_weights_stops_with_a_message(dataset, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr("utils.losses.hf_cache_candidates", lambda: [])
+    monkeypatch.setattr("training.losses.hf_cache_candidates", lambda: [])
     code = main(1, ["--dataset_dir", str(dataset), "--logdir", str(tmp_path / "run"), *FAST, "--le_lambda", "0.005"])
     assert code == 2
     err = capsys.readouterr().err

@@ -56,6 +56,12 @@ def init_process(device_name: str = "auto") -> ProcessInfo:
     return ProcessInfo(rank, world_size, local_rank, device)
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU), so that a timer reads real time."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 
 MU = 5000.0
+GAMMA = 2.2
+"""Gamma of the LDR images (the benchmarks' camera curve, LDR = (radiance·t)**(1/GAMMA)) and of the previews."""
 
 Array = TypeVar("Array", np.ndarray, torch.Tensor)
 
@@ -57,7 +59,7 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 def tonemap_for_display(
     hdr: np.ndarray,
     operator: str = "reinhard",
-    gamma: float = 2.2,
+    gamma: float = GAMMA,
     **params: float,
 ) -> np.ndarray:
     """Tone map a linear H×W×3 RGB image to an 8-bit RGB preview.
@@ -69,7 +71,7 @@ def tonemap_for_display(
       - "mu": the μ-law curve of the metrics on the image clipped to [0, 1], written to 8 bits
         without gamma (what PSNR-μ / SSIM-μ compare); ``gamma`` is ignored.
     The OpenCV operators adapt to the statistics of the image they get: tone map images that
-    must be compared together as one image (see ``utils.previews.side_by_side``).
+    must be compared together as one image (see ``evaluation.previews.side_by_side``).
     """
     hdr = np.asarray(hdr, dtype=np.float32)
     if operator == "mu":

@@ -1,7 +1,7 @@
 """Training curriculum: mask-ratio and learning-rate schedules, and the per-segment tables.
 
 Epochs are 1-based throughout (epoch 1 is the first epoch trained; with the defaults
-phase 1 is epochs 1-300 and phase 2 epochs 301-400), as in TRAINING.md.
+phase 1 is epochs 1-300 and phase 2 epochs 301-400), as in docs/METHOD.md.
 
 The per-segment tables hold, for every segment ID of the training split, the mask ratio r_s
 and the loss weight w_s that the metric-guided update derives from per-segment PSNR-μ.
@@ -65,7 +65,7 @@ def learning_rate(
 ) -> float:
     """Learning rate used while training 1-based `epoch`.
 
-    TRAINING.md's formula is written in e = the number of epochs already completed
+    docs/METHOD.md's formula is written in e = the number of epochs already completed
     (`epoch - 1`, which is also `LambdaLR.last_epoch` during that epoch when the scheduler
     steps once at the end of every epoch). So the first epoch of each phase starts at `lr`:
 

@@ -7,12 +7,9 @@ group = sample · num_ids + segment ID. One sort brings each group's pixels toge
 random order; a pixel's rank inside its group then decides whether it is masked
 (rank < number to mask).
 
-Run `python -m utils.masking` for a timing of the mask map on a training-sized batch.
+`python -m benchmarks.bench_masking` times the mask map on a training-sized batch.
 """
 from __future__ import annotations
-
-import statistics
-import time
 
 import torch
 
@@ -70,46 +67,3 @@ def build_loss_map(segments: torch.Tensor, weight_table: torch.Tensor) -> torch.
     """B×1×H×W float map holding w_s = weight_table[s] on the pixels of segment s."""
     segments = _check_segments(segments)
     return weight_table.to(segments.device).float()[segments].unsqueeze(1)
-
-
-def voronoi_segments(batch: int, size: int, per_crop: int, num_ids: int,
-                     generator: torch.Generator) -> torch.Tensor:
-    """B×size×size segment IDs for benchmarks: ``per_crop`` irregular (Voronoi) cells per crop,
-    their IDs drawn from ``num_ids``; on the generator's device."""
-    device = generator.device
-    seeds = torch.randint(0, num_ids, (batch, per_crop), generator=generator, device=device)
-    centres = torch.rand(batch, per_crop, 2, generator=generator, device=device) * size
-    ys, xs = torch.meshgrid(torch.arange(size, device=device), torch.arange(size, device=device), indexing="ij")
-    grid = torch.stack([ys, xs], -1).float().view(1, -1, 1, 2)
-    nearest = (grid - centres.view(batch, 1, -1, 2)).square().sum(-1).argmin(-1)
-    return torch.gather(seeds, 1, nearest).view(batch, size, size)
-
-
-def benchmark_mask_map(
-    batch: int = 4, size: int = 128, segments_per_crop: int = 20, repeats: int = 100, device: str = "cpu"
-) -> float:
-    """Median seconds to build one mask map for `batch` crops of size×size pixels with about
-    `segments_per_crop` segments each (irregular random shapes, IDs from a 5000-ID table)."""
-    generator = torch.Generator(device=device).manual_seed(0)
-    segments = voronoi_segments(batch, size, segments_per_crop, 5000, generator)
-    ratio_table = torch.rand(5000, generator=generator, device=device) * 1.2
-
-    for _ in range(5):
-        build_mask_map(segments, ratio_table, generator)
-    timings = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        build_mask_map(segments, ratio_table, generator)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        timings.append(time.perf_counter() - start)
-    return statistics.median(timings)
-
-
-if __name__ == "__main__":
-    for batch in (4, 8):
-        seconds = benchmark_mask_map(batch=batch)
-        print(
-            f"mask map, batch {batch}, 128×128, ~20 segments per crop, {torch.get_num_threads()} threads: "
-            f"{seconds * 1e3:.2f} ms"
-        )

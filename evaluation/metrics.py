@@ -1,4 +1,4 @@
-"""Per-scene HDR metrics (PSNR, SSIM, PU21, ColorVideoVDP) and their accumulation over scenes.
+"""Per-scene HDR metrics (PSNR, SSIM, PU21, ColorVideoVDP); ``evaluation.tables`` accumulates them.
 
 All metrics compare a prediction ŷ with a label y, both H×W×3 linear RGB in the label's units
 (Kalantari's labels lie in about [0, 1]). Following the evaluation protocol, the prediction is
@@ -9,13 +9,10 @@ without it they are left out with a one-line note.
 """
 from __future__ import annotations
 
-import csv
 import functools
-import json
 import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
@@ -301,100 +298,22 @@ def compute_metrics(
     return row
 
 
-# ---------------------------------------------------------------------------
-# Accumulating per-scene rows
-# ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MetricSettings:
+    """Which metrics a run computes and how: the SSIM variant, the PU21 and ColorVideoVDP
+    columns, and the luminance (cd/m²) that a label value of 1.0 stands for in those two."""
 
-SCENE_KEY = "scene"
-MEAN_LABEL = "mean"
+    ssim_variant: str = "released"
+    pu21: bool = False
+    cvvdp: bool = False
+    peak_luminance: float = DEFAULT_PEAK_LUMINANCE
 
+    def __post_init__(self) -> None:
+        if self.ssim_variant not in SSIM_VARIANTS:
+            raise ValueError(f"unknown SSIM variant {self.ssim_variant!r}; expected one of {SSIM_VARIANTS}")
+        if not (math.isfinite(self.peak_luminance) and self.peak_luminance > 0):
+            raise ValueError(f"the peak luminance must be a positive number of cd/m² (got {self.peak_luminance})")
 
-def metric_columns(rows: Iterable[Mapping[str, Any]]) -> list[str]:
-    """Metric column names in first-seen order (every key except the scene name)."""
-    columns: dict[str, None] = {}
-    for row in rows:
-        columns.update((key, None) for key in row if key != SCENE_KEY)
-    return list(columns)
-
-
-def mean_metrics(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    """Plain mean over scenes of every metric column (over the rows that have it)."""
-    return {
-        column: float(np.mean([row[column] for row in rows if column in row]))
-        for column in metric_columns(rows)
-    }
-
-
-def _format_value(column: str, value: Any) -> str:
-    if value is None or value == "":
-        return "-"
-    if not isinstance(value, (int, float)):
-        return str(value)
-    digits = 4 if "ssim" in column else 3 if column == "cvvdp" else 2
-    return f"{value:.{digits}f}"
-
-
-def format_table(rows: Sequence[Mapping[str, Any]], with_mean: bool = True) -> str:
-    """Plain-text table of per-scene rows (a "scene" key plus metric columns) and their mean.
-
-    PSNR columns show 2 decimals, SSIM columns 4, the cvvdp JOD 3.
-    """
-    columns = metric_columns(rows)
-    lines = [[SCENE_KEY, *columns]]
-    lines += [[str(row.get(SCENE_KEY, "")), *(_format_value(c, row.get(c)) for c in columns)] for row in rows]
-    if with_mean and rows:
-        means = mean_metrics(rows)
-        lines.append([MEAN_LABEL, *(_format_value(c, means[c]) for c in columns)])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    rendered = [
-        "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths)))
-        for line in lines
-    ]
-    rule = "-" * len(rendered[0])
-    body = rendered[1:-1] if with_mean and rows else rendered[1:]
-    footer = [rule, rendered[-1]] if with_mean and rows else []
-    return "\n".join([rendered[0], rule, *body, *footer])
-
-
-class MetricTable:
-    """Per-scene metric rows, their plain means over scenes, and their CSV / JSON forms."""
-
-    def __init__(self) -> None:
-        self.rows: list[dict[str, Any]] = []
-
-    def add(self, scene: str, metrics: Mapping[str, float]) -> dict[str, Any]:
-        """Append the metrics of one scene and return the stored row."""
-        row = {SCENE_KEY: scene, **metrics}
-        self.rows.append(row)
-        return row
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def columns(self) -> list[str]:
-        return metric_columns(self.rows)
-
-    def means(self) -> dict[str, float]:
-        return mean_metrics(self.rows)
-
-    def format(self) -> str:
-        return format_table(self.rows)
-
-    def write_csv(self, path: str | Path) -> None:
-        """One line per scene (full precision), metric columns in first-seen order."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=[SCENE_KEY, *self.columns()], restval="")
-            writer.writeheader()
-            writer.writerows(self.rows)
-
-    def summary(self, **extra: Any) -> dict[str, Any]:
-        """JSON-ready summary: number of scenes, the means, and any extra fields given."""
-        return {**extra, "num_scenes": len(self.rows), "means": self.means()}
-
-    def write_json(self, path: str | Path, **extra: Any) -> None:
-        """Write ``summary(**extra)`` as indented JSON (infinite PSNR is written as Infinity)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.summary(**extra), indent=2) + "\n")
+    def compute(self, pred: ImageLike, label: ImageLike) -> dict[str, float]:
+        """All metrics of one scene under these settings (see ``compute_metrics``)."""
+        return compute_metrics(pred, label, self.ssim_variant, self.pu21, self.cvvdp, self.peak_luminance)

@@ -1,6 +1,6 @@
 """Command-line options of ``train_phase1.py`` and ``train_phase2.py``.
 
-Option names and defaults follow the released training scripts (TRAINING.md), so the paper's
+Option names and defaults follow the released training scripts (docs/METHOD.md), so the paper's
 commands work unchanged. A ``--preset`` replaces the defaults of a group of options (options
 given explicitly on the command line always win): ``tiny`` makes a network and a schedule
 small enough for a CPU run of a few minutes.
@@ -11,7 +11,9 @@ import argparse
 from pathlib import Path
 from typing import Any, Sequence
 
-from utils.losses import DEFAULT_LE_LAMBDA
+from datasets.options import add_data_options
+from training.losses import DEFAULT_LE_LAMBDA
+from utils.cli import add_device_options, add_flag
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
@@ -20,22 +22,6 @@ PRESETS: dict[str, dict[str, Any]] = {
                  le_lambda=0.0, drop_path_rate=0.0),
 }
 """Defaults replaced by ``--preset NAME``. ``paper`` is the released recipe (nothing replaced)."""
-
-
-def str2bool(value: str | bool) -> bool:
-    """``--is_curriculum``, ``--is_curriculum True`` and ``--is_curriculum false`` all parse."""
-    if isinstance(value, bool):
-        return value
-    lowered = value.strip().lower()
-    if lowered in ("1", "true", "yes", "y", "on"):
-        return True
-    if lowered in ("0", "false", "no", "n", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {value!r}")
-
-
-def _flag(group: argparse._ArgumentGroup, name: str, default: bool, help: str) -> None:
-    group.add_argument(name, type=str2bool, nargs="?", const=True, default=default, metavar="BOOL", help=help)
 
 
 def build_parser(phase: int) -> argparse.ArgumentParser:
@@ -48,14 +34,9 @@ def build_parser(phase: int) -> argparse.ArgumentParser:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="paper",
                         help="replace the defaults of network size and schedule (tiny: a CPU run of minutes)")
 
-    data = parser.add_argument_group("data")
-    data.add_argument("--dataset_dir", type=Path, required=True, help="dataset folder holding the splits")
-    data.add_argument("--train_path", default="Training", help="training split folder inside --dataset_dir")
-    data.add_argument("--test_path", default="Test", help="test split folder inside --dataset_dir")
+    data = add_data_options(parser)
     data.add_argument("--patch_size", type=int, default=128, help="training crop size")
     data.add_argument("--repeat", type=int, default=100, help="passes over the training scenes per epoch")
-    data.add_argument("--cache", choices=("none", "memory", "npy"), default="npy",
-                      help="decoded-scene cache (npy: memory-mapped files in <scene>/.cache/)")
     data.add_argument("--num_workers", type=int, default=2, help="DataLoader worker processes")
 
     schedule = parser.add_argument_group("schedule")
@@ -70,9 +51,9 @@ def build_parser(phase: int) -> argparse.ArgumentParser:
     schedule.add_argument("--max_mask_ratio", type=float, default=0.9, help="peak of the mask-ratio curriculum")
     schedule.add_argument("--constant_mask_ratio", type=float, default=0.75,
                           help="phase-2 mask ratio without the curriculum")
-    _flag(schedule, "--is_curriculum", True, "mask ratio rises then falls in phase 2 (else constant)")
-    _flag(schedule, "--is_guided_mask", True, "per-segment mask ratios from per-segment PSNR-mu")
-    _flag(schedule, "--is_guided_loss", True, "per-segment loss weights from per-segment PSNR-mu")
+    add_flag(schedule, "--is_curriculum", True, "mask ratio rises then falls in phase 2 (else constant)")
+    add_flag(schedule, "--is_guided_mask", True, "per-segment mask ratios from per-segment PSNR-mu")
+    add_flag(schedule, "--is_guided_loss", True, "per-segment loss weights from per-segment PSNR-mu")
     schedule.add_argument("--metric_guided_interval", type=int, default=5,
                           help="phase-1 epochs between metric-guided updates (every epoch in phase 2)")
     schedule.add_argument("--mask_temperature", type=float, default=0.05, help="softmax temperature of mask ratios")
@@ -102,10 +83,9 @@ def build_parser(phase: int) -> argparse.ArgumentParser:
     run.add_argument("--restart", action="store_true", help="ignore <logdir>/last.pth")
     run.add_argument("--finetune_from", type=Path, default=None,
                      help="load these weights, train only conv_first (adapting to another exposure count)")
-    _flag(run, "--is_freeze", False, "train only conv_first (the shallow extractor)")
+    add_flag(run, "--is_freeze", False, "train only conv_first (the shallow extractor)")
     run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (torchrun sets it per rank)")
-    run.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="autocast precision")
+    add_device_options(run, "auto, cpu, cuda, cuda:N (torchrun sets it per rank)")
     run.add_argument("--compile", action="store_true", help="torch.compile the network for training")
     run.add_argument("--test_interval", type=int, default=10, help="epochs between test-split evaluations")
     run.add_argument("--save_interval", type=int, default=50, help="epochs between kept epoch_NNNN.pth files")

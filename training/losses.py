@@ -1,5 +1,5 @@
 """Training loss of SMHDR: μ-law L1 and the VGG-19 "local-enhanced" perceptual term, both
-weighted per pixel by the loss map of the metric-guided update (TRAINING.md, "Loss").
+weighted per pixel by the loss map of the metric-guided update (docs/METHOD.md, "Loss").
 
 The perceptual term needs ImageNet VGG-19 weights. They are never downloaded here and a
 randomly initialised VGG is never used in their place: ``load_vgg19`` takes them from
@@ -43,7 +43,7 @@ def apply_loss_map(image: torch.Tensor, loss_map: torch.Tensor | None) -> torch.
 
 
 def mu_l1_loss(pred: torch.Tensor, label: torch.Tensor, loss_map: torch.Tensor | None = None) -> torch.Tensor:
-    """mean |T(ŷ)·W − T(y)·W| with T the μ-law tone map and W the loss map (TRAINING.md)."""
+    """mean |T(ŷ)·W − T(y)·W| with T the μ-law tone map and W the loss map (docs/METHOD.md)."""
     return (apply_loss_map(mu_tonemap(pred), loss_map) - apply_loss_map(mu_tonemap(label), loss_map)).abs().mean()
 
 

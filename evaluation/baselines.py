@@ -11,16 +11,13 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-CAMERA_GAMMA = 2.2
+from datasets.preprocess import exposure_times
+from utils.tonemap import GAMMA
+
 LDR_LEVELS = 256
 
 
-def exposure_times(stops: Sequence[float]) -> np.ndarray:
-    """Relative exposure times t_i = 2**stop_i (float32, as OpenCV expects them)."""
-    return np.power(2.0, np.asarray(stops, dtype=np.float64)).astype(np.float32)
-
-
-def linearize(ldr: np.ndarray, stop: float, gamma: float = CAMERA_GAMMA) -> np.ndarray:
+def linearize(ldr: np.ndarray, stop: float, gamma: float = GAMMA) -> np.ndarray:
     """Radiance seen by one exposure, in label units: LDR**gamma / t."""
     return np.asarray(ldr, dtype=np.float32) ** gamma / np.float32(2.0**stop)
 
@@ -34,7 +31,7 @@ def reference_exposure_baseline(ldrs: Sequence[np.ndarray], stops: Sequence[floa
     return np.clip(linearize(ldrs[ref], stops[ref]), 0.0, 1.0)
 
 
-def gamma_camera_response(gamma: float = CAMERA_GAMMA) -> np.ndarray:
+def gamma_camera_response(gamma: float = GAMMA) -> np.ndarray:
     """Camera response for ``cv2.MergeDebevec``: 256×1×3 float32, response[z] = (z/255)**gamma.
 
     The response maps an 8-bit pixel value to exposure (radiance × time) per channel. OpenCV
@@ -53,7 +50,7 @@ def _to_bgr8(ldr: np.ndarray) -> np.ndarray:
 
 
 def debevec_baseline(
-    ldrs: Sequence[np.ndarray], stops: Sequence[float], gamma: float = CAMERA_GAMMA
+    ldrs: Sequence[np.ndarray], stops: Sequence[float], gamma: float = GAMMA
 ) -> np.ndarray:
     """OpenCV's Debevec merge of all exposures (no alignment, no deghosting), clamped to [0, 1].
 

@@ -1,23 +1,20 @@
-"""The SMHDR training loop shared by ``train_phase1.py`` and ``train_phase2.py`` (TRAINING.md).
+"""The SMHDR training loop shared by ``train_phase1.py`` and ``train_phase2.py`` (docs/METHOD.md).
 
 One epoch: a metric-guided update when it is due (per-segment PSNR-μ of full training scenes →
 per-segment mask ratios and loss weights), then ``repeat`` passes over random training crops
 with the masked step (phase 2) or the plain step (phase 1), then a checkpoint, and every
 ``--test_interval`` epochs a test-split evaluation.
 
-Reproducibility: every epoch reseeds the RNGs from (seed, epoch, rank), so a run killed at
-any moment and resumed from ``last.pth`` trains the interrupted epoch exactly as the
-uninterrupted run would have.
+Reproducibility and resuming: ``training/resume.py``.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import math
-import random
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -29,18 +26,26 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm import tqdm
 
 from datasets import HDRFullImageDataset, HDRTrainDataset
-from models.checkpoint import CheckpointError, atomic_save, model_from_checkpoint, read_checkpoint, unwrap
+from datasets.options import cache_mode, scene_layout
+from datasets.preprocess import reference_ldr
+from evaluation.evaluate import evaluate_scenes
+from models.checkpoint import (
+    CheckpointError,
+    atomic_save,
+    model_from_checkpoint,
+    read_checkpoint,
+    unwrap,
+)
 from models.inference import (
     GUIDED_PAD_MULTIPLE,
-    TEST_PAD_MULTIPLE,
+    InferenceSettings,
     autocast_context,
     eval_mode,
     reconstruct,
     resolve_amp,
 )
 from models.smnet import SMNet
-from utils import distributed
-from utils.curriculum import (
+from training.curriculum import (
     SegmentTables,
     build_lr_scheduler,
     is_guided_update_epoch,
@@ -48,11 +53,19 @@ from utils.curriculum import (
     segment_psnr_mu,
     update_tables,
 )
-from utils.evaluation import evaluate_scenes, reference_ldr
-from utils.losses import HDRLoss, VGGWeightsNotFoundError, build_loss
-from utils.masking import build_loss_map, build_mask_map
+from training.losses import HDRLoss, VGGWeightsNotFoundError, build_loss
+from training.masking import build_loss_map, build_mask_map
+from training.options import model_config, parse_args
+from training.resume import (
+    RunState,
+    epoch_seed,
+    plain_args,
+    restore_rng_states,
+    rng_states,
+    seed_everything,
+)
+from utils import distributed
 from utils.tonemap import mu_tonemap
-from utils.training_options import model_config, parse_args
 
 LOG = logging.getLogger("smhdr.train")
 TRAINABLE_WHEN_FROZEN = ("conv_first.",)
@@ -83,45 +96,6 @@ def count_segment_ids(dataset: HDRFullImageDataset) -> int:
     return largest + 1
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
-    """A distinct, reproducible seed for every (run seed, epoch, rank)."""
-    return (seed * 1_000_003 + epoch * 7_919 + rank * 104_729) % 2**62
-
-
-def rng_states() -> dict[str, Any]:
-    """Python, NumPy and torch RNG states in a form ``torch.load(weights_only=True)`` accepts."""
-    kind, keys, position, has_gauss, cached = np.random.get_state()
-    states: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def restore_rng_states(states: Mapping[str, Any]) -> None:
-    version, internal, gauss = states["python"]
-    random.setstate((version, tuple(internal), gauss))
-    kind, keys, position, has_gauss, cached = states["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
-    torch.set_rng_state(states["torch"])
-    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def plain_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The options as plain values (paths as strings) for a checkpoint or a log."""
-    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-
-
 # ----------------------------------------------------------------------------- the steps
 
 
@@ -133,11 +107,6 @@ class StepTimes:
     forward: float = 0.0
     backward: float = 0.0
     steps: int = 0
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def training_step(model: nn.Module, batch: Mapping[str, torch.Tensor], loss_fn: HDRLoss,
@@ -160,14 +129,14 @@ def training_step(model: nn.Module, batch: Mapping[str, torch.Tensor], loss_fn: 
         if weight_table is not None:
             loss_map = build_loss_map(segments, weight_table)
     if times is not None:
-        _sync(device)
+        distributed.synchronize(device)
         after_maps = time.perf_counter()
         times.mask_map += after_maps - start
     with autocast_context(device, amp):
         prediction = model(inputs, mask_map)
     losses = loss_fn(prediction, label, loss_map)
     if times is not None:
-        _sync(device)
+        distributed.synchronize(device)
         after_forward = time.perf_counter()
         times.forward += after_forward - after_maps
     optimizer.zero_grad(set_to_none=True)
@@ -179,7 +148,7 @@ def training_step(model: nn.Module, batch: Mapping[str, torch.Tensor], loss_fn: 
         losses["loss"].backward()
         optimizer.step()
     if times is not None:
-        _sync(device)
+        distributed.synchronize(device)
         times.backward += time.perf_counter() - after_forward
         times.steps += 1
     return {"loss": losses["loss"].detach(), "l1": losses["l1"], "perceptual": losses["perceptual"],
@@ -210,15 +179,6 @@ def metric_guided_update(model: nn.Module, scenes: HDRFullImageDataset, tables: 
 # ----------------------------------------------------------------------------- the run
 
 
-@dataclass
-class RunState:
-    """What a checkpoint carries besides the weights."""
-
-    epoch: int = 0
-    best_psnr_mu: float = -math.inf
-    history: list[dict[str, float]] = field(default_factory=list)
-
-
 class Trainer:
     """Builds everything from parsed options and runs the epochs of one phase."""
 
@@ -235,11 +195,12 @@ class Trainer:
         self._last_mask_map: torch.Tensor | None = None  # for TensorBoard
         self._first_test_scene: tuple[Mapping[str, Any], torch.Tensor] | None = None
 
+        layout, cache = scene_layout(args), cache_mode(args)
         self.train_set = HDRTrainDataset(args.dataset_dir, args.train_path, args.patch_size, args.repeat,
-                                         with_masks=True, cache=self._cache())
-        self.guided_set = HDRFullImageDataset(args.dataset_dir, args.train_path, with_masks=True,
-                                              cache=self._cache())
-        self.test_set = HDRFullImageDataset(args.dataset_dir, args.test_path, cache=self._cache()) \
+                                         with_masks=True, cache=cache, layout=layout)
+        self.guided_set = HDRFullImageDataset(args.dataset_dir, args.train_path, with_masks=True, cache=cache,
+                                              layout=layout)
+        self.test_set = HDRFullImageDataset(args.dataset_dir, args.test_path, cache=cache, layout=layout) \
             if (Path(args.dataset_dir) / args.test_path).is_dir() else None
         self.tables = SegmentTables(count_segment_ids(self.guided_set), device=self.device)
 
@@ -263,9 +224,6 @@ class Trainer:
         self.writer = self._tensorboard()
 
     # -- setup helpers
-
-    def _cache(self) -> str | None:
-        return None if self.args.cache == "none" else self.args.cache
 
     def _setup_logging(self) -> None:
         LOG.setLevel(logging.INFO)
@@ -294,7 +252,7 @@ class Trainer:
             model = torch.compile(model)
         if self.process.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            # norm1_y of every block is never used by the released network (MODEL.md).
+            # norm1_y of every block is never used by the released network (docs/METHOD.md).
             model = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
         return model
 
@@ -469,7 +427,7 @@ class Trainer:
                 self._first_test_scene = (sample, prediction)
 
         self._first_test_scene = None
-        result = evaluate_scenes(unwrap(self.model), self.test_set, self.device, TEST_PAD_MULTIPLE, self.amp,
+        result = evaluate_scenes(unwrap(self.model), self.test_set, self.device, InferenceSettings(amp=self.amp),
                                  progress=not self.args.no_progress, on_scene=keep_first)
         return result.table.means()
 

@@ -1,0 +1,1 @@
+"""Speed and accuracy benchmarks: scripts that print figures (python -m benchmarks.bench_model, make bench)."""

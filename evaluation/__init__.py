@@ -1,0 +1,1 @@
+"""Evaluation: reconstruct scenes, score them against their labels, write the results (test.py)."""

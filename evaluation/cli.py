@@ -1,0 +1,168 @@
+"""The evaluation command (``test.py``): evaluate SMNet checkpoints on a test split with the
+released protocol, write the reconstructions, per-scene metrics and a summary, and optionally
+the classical baselines. ``python test.py --help`` lists the options; docs/EVALUATION.md
+describes the protocol and the outputs.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from datasets import HDRFullImageDataset, find_ldr_files
+from datasets.options import add_data_options, cache_mode, scene_layout
+from evaluation.evaluate import BASELINE_TITLES, BASELINES, EvaluationResult, evaluate_baselines, evaluate_scenes
+from evaluation.metrics import MetricSettings
+from evaluation.options import (
+    add_inference_options,
+    add_metric_options,
+    add_preview_option,
+    inference_settings,
+    metric_settings,
+)
+from evaluation.outputs import SceneOutputWriter, list_checkpoints, output_folders
+from evaluation.tables import METHOD_KEY, comparison_rows, format_table, means_with_seconds, write_json, write_rows_csv
+from models.checkpoint import CheckpointError, load_model
+from utils.cli import EXIT_FAILED_CHECKPOINT, EXIT_USAGE, UsageError, add_device_options
+from utils.distributed import resolve_device
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Evaluate SMNet checkpoints on a test split (released protocol by default).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    data = add_data_options(parser, splits=("test",))
+    data.add_argument("--num_exposures", type=int, default=None,
+                      help="exposures every scene must have (default: whatever each scene holds)")
+
+    model = parser.add_argument_group("model and inference")
+    model.add_argument("--pretrained_model", required=True, type=Path,
+                       help="checkpoint file (released or project format), or a folder: every *.pth/*.pt/*.tar "
+                            "inside is evaluated into its own sub-folder of --save_dir")
+    model.add_argument("--patch_size", type=int, default=128,
+                       help="accepted for compatibility with the released command line; unused (any size works)")
+    add_device_options(model)
+    add_inference_options(model)
+
+    metrics = parser.add_argument_group("metrics")
+    add_metric_options(metrics)
+    metrics.add_argument("--baselines", action="store_true",
+                         help="also evaluate the reference exposure alone and OpenCV's Debevec merge")
+
+    outputs = parser.add_argument_group("outputs")
+    outputs.add_argument("--save_dir", type=Path, default=Path("results"), help="output folder")
+    outputs.add_argument("--no_save_images", action="store_true", help="write only metrics.csv and summary.json")
+    add_preview_option(outputs)
+    outputs.add_argument("--side_by_side", action="store_true",
+                         help="also write <scene>_side_by_side.png: reference LDR | prediction | label | error")
+    outputs.add_argument("--no_progress", action="store_true", help="no progress bar")
+    return parser.parse_args(argv)
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    return f"{device.type} ({torch.get_num_threads()} threads)"
+
+
+def open_dataset(args: argparse.Namespace) -> HDRFullImageDataset:
+    """The labelled test split, every scene checked to hold ``--num_exposures`` exposures if given."""
+    layout = scene_layout(args)
+    dataset = HDRFullImageDataset(args.dataset_dir, args.test_path, with_masks=False, cache=cache_mode(args),
+                                  layout=layout)
+    if args.num_exposures is not None:
+        for scene_dir in dataset.scene_dirs:
+            count = len(find_ldr_files(scene_dir, layout))
+            if count != args.num_exposures:
+                raise UsageError(f"scene {scene_dir}: {count} exposures, but --num_exposures {args.num_exposures}")
+    return dataset
+
+
+def run_baselines(args: argparse.Namespace, dataset: HDRFullImageDataset, metrics: MetricSettings
+                  ) -> dict[str, EvaluationResult]:
+    """Evaluate the classical baselines; images go to ``<save_dir>/baselines/<name>/``."""
+    writers = {name: SceneOutputWriter(args.save_dir / "baselines" / name, args.preview_operator,
+                                       args.side_by_side, not args.no_save_images) for name in BASELINES}
+    results = evaluate_baselines(dataset, BASELINES, metrics, progress=not args.no_progress,
+                                 on_scene=lambda name, sample, pred: writers[name](sample, pred))
+    for name, result in results.items():
+        result.table.write_csv(args.save_dir / "baselines" / name / "metrics.csv")
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the evaluation; returns the exit code (0 ok, 1 a checkpoint failed, 2 unusable input)."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="note: %(message)s")
+    try:
+        checkpoints = list_checkpoints(args.pretrained_model)
+        device = resolve_device(args.device)
+        inference, amp_note = inference_settings(args, device)
+        metrics = metric_settings(args)
+        dataset = open_dataset(args)
+    except ValueError as err:  # unusable options or inputs: CheckpointListError, UsageError, SceneError, --device
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    if amp_note:
+        print(f"note: {amp_note}")
+
+    folders = output_folders(checkpoints, args.save_dir, from_folder=args.pretrained_model.is_dir())
+    protocol = inference.describe()
+    common: dict[str, Any] = dict(
+        dataset_dir=args.dataset_dir.resolve(), split=args.test_path, protocol=protocol, metric_settings=metrics,
+        device=describe_device(device), torch=torch.__version__)
+
+    summaries: dict[Path, dict[str, Any]] = {}
+    network_means: dict[str, dict[str, float]] = {}
+    failed: list[Path] = []
+    for checkpoint in checkpoints:
+        out_dir = folders[checkpoint]
+        try:
+            model = load_model(checkpoint, device=device)
+        except CheckpointError as err:
+            print(f"error: {err}", file=sys.stderr)
+            failed.append(checkpoint)
+            continue
+        writer = SceneOutputWriter(out_dir, args.preview_operator, args.side_by_side, not args.no_save_images)
+        result = evaluate_scenes(model, dataset, device, inference, metrics, progress=not args.no_progress,
+                                 on_scene=writer)
+        result.table.write_csv(out_dir / "metrics.csv")
+        summaries[out_dir] = result.table.summary(
+            checkpoint=checkpoint.resolve(), **common, seconds_per_scene=result.seconds,
+            mean_seconds_per_scene=result.mean_seconds())
+        write_json(out_dir / "summary.json", summaries[out_dir])
+        network_means[checkpoint.name if len(checkpoints) > 1 else "network"] = means_with_seconds(
+            result.table.means(), result.seconds.values())
+        print(f"\ncheckpoint {checkpoint} ({len(result.table)} scenes, {describe_device(device)}, "
+              f"{protocol['mode']}, SSIM {metrics.ssim_variant})")
+        print(result.table.format())
+        print(f"mean time per scene: {result.mean_seconds():.3f} s; outputs in {out_dir}")
+        del model
+    if failed and not summaries:
+        return EXIT_FAILED_CHECKPOINT
+
+    comparison = dict(network_means)
+    if args.baselines:
+        baselines = run_baselines(args, dataset, metrics)
+        baseline_means = {name: means_with_seconds(r.table.means(), r.seconds.values())
+                          for name, r in baselines.items()}
+        comparison.update({BASELINE_TITLES[name]: means for name, means in baseline_means.items()})
+        for out_dir, summary in summaries.items():
+            summary["baselines"] = {BASELINE_TITLES[name]: means for name, means in baseline_means.items()}
+            write_json(out_dir / "summary.json", summary)
+        write_rows_csv(args.save_dir / "baselines.csv", comparison_rows(comparison), METHOD_KEY)
+    elif len(checkpoints) > 1:
+        write_rows_csv(args.save_dir / "checkpoints.csv", comparison_rows(comparison), METHOD_KEY)
+    if len(comparison) > 1:
+        print("\nmean over scenes (seconds: reconstruction time per scene)")
+        print(format_table(comparison_rows(comparison), METHOD_KEY, with_mean=False))
+    if failed:
+        print(f"\n{len(failed)} checkpoint(s) could not be loaded: {', '.join(map(str, failed))}", file=sys.stderr)
+        return EXIT_FAILED_CHECKPOINT
+    return 0
+
