@@ -107,7 +107,9 @@ class SceneReader:
             raise ValueError(f"cache must be one of {CACHE_MODES}, got {cache!r}")
         self.layout = layout
         self.cache = cache
-        self._npy = NpySceneCache(layout) if cache == "npy" else None
+        # scenes read the released way get a cache of their own: the same files, other arrays
+        dirname = CACHE_DIRNAME + ("_released_8bit" if layout.released_8bit_scaling else "")
+        self._npy = NpySceneCache(layout, dirname) if cache == "npy" else None
         self._memory: dict[Path, tuple[Signature, Scene]] = {}
 
     def load(self, scene_dir: PathLike, require_label: bool = True, require_masks: bool = False) -> Scene:

@@ -3,7 +3,7 @@
 Defined once and shared by ``segmask/segment.py``, the training entry points and ``test.py``, so
 the same flags mean the same files everywhere. Each option also accepts the released scripts'
 spelling (``--exposure_file_name``, ``--ldr_folder_name``, ``--label_file_name``,
-``--mask_npy_name``).
+``--mask_npy_name``, ``--cache_choice``).
 """
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
+from utils.cli import MapChoice
+
 from .scene import SceneLayout
 
 SPLIT_DEFAULTS = {"train": "Training", "test": "Test"}
+RELEASED_CACHE_CHOICES = {0: "none", 1: "npy", 2: "memory"}
 
 
 def add_data_options(parser: argparse.ArgumentParser, splits: Sequence[str] = ("train", "test"),
@@ -35,17 +38,23 @@ def add_data_options(parser: argparse.ArgumentParser, splits: Sequence[str] = ("
                        help="label file name (Radiance .hdr)")
     group.add_argument("--masks_file", "--mask_npy_name", dest="masks_file", default=defaults.masks_file,
                        help="segment map file name")
+    group.add_argument("--released_8bit_scaling", action="store_true",
+                       help="divide 8-bit LDR files by 2^16 as the released reader does (default: by 255); only to "
+                            "reproduce the released checkpoints' numbers on 8-bit data exactly")
     if cache:
         group.add_argument("--cache", choices=("none", "memory", "npy"), default="npy",
                            help="decoded-scene cache (npy: memory-mapped files in <scene>/.cache/, shared by "
                                 "training and test.py; memory: in this process)")
+        group.add_argument("--cache_choice", dest="cache", type=int, action=MapChoice, mapping=RELEASED_CACHE_CHOICES,
+                           help="the released spelling of --cache: 0 none, 1 on disk (npy), 2 in memory")
     return group
 
 
 def scene_layout(args: argparse.Namespace) -> SceneLayout:
     """The scene layout the parsed data options describe."""
     return SceneLayout(ldr_pattern=args.ldr_pattern, ldr_subdir=args.ldr_subdir, exposure_file=args.exposure_file,
-                       label_file=args.label_file, masks_file=args.masks_file)
+                       label_file=args.label_file, masks_file=args.masks_file,
+                       released_8bit_scaling=args.released_8bit_scaling)
 
 
 def cache_mode(args: argparse.Namespace) -> str | None:

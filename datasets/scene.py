@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Optional, Union
 
 import numpy as np
 
-from utils.image_io import ImageReadError, read_hdr, read_ldr
+from utils.image_io import RELEASED_8BIT_SCALE, ImageReadError, read_hdr, read_ldr
 
 from utils.atomic_io import save_npy_atomically
 
@@ -38,6 +39,8 @@ class SceneLayout:
     exposure_file: str = "exposure.txt"
     label_file: str = "HDRImg.hdr"
     masks_file: str = "masks.npy"
+    released_8bit_scaling: bool = False
+    """Divide 8-bit LDR files by 2**16 as the released reader does (default: by 255)."""
 
     @property
     def masks_preview_file(self) -> str:
@@ -219,7 +222,8 @@ def load_scene(
     name = scene_dir.name
     ldr_files, exposures = check_scene_files(scene_dir, layout, require_label, require_masks)
 
-    ldrs = [_read_image(name, read_ldr, path) for path in ldr_files]
+    eight_bit_scale = RELEASED_8BIT_SCALE if layout.released_8bit_scaling else 255.0
+    ldrs = [_read_image(name, partial(read_ldr, eight_bit_scale=eight_bit_scale), path) for path in ldr_files]
     size = ldrs[0].shape[:2]
     for path, ldr in zip(ldr_files, ldrs):
         _check_size(name, "LDR", path, ldr.shape, size)

@@ -27,7 +27,14 @@ from evaluation.options import (
 from evaluation.outputs import SceneOutputWriter, list_checkpoints, output_folders
 from evaluation.tables import METHOD_KEY, comparison_rows, format_table, means_with_seconds, write_json, write_rows_csv
 from models.checkpoint import CheckpointError, load_model
-from utils.cli import EXIT_FAILED_CHECKPOINT, EXIT_USAGE, UsageError, add_device_options
+from utils.cli import (
+    EXIT_FAILED_CHECKPOINT,
+    EXIT_USAGE,
+    UsageError,
+    add_device_options,
+    add_inert_options,
+    inert_notes,
+)
 from utils.distributed import resolve_device
 
 
@@ -35,7 +42,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Evaluate SMNet checkpoints on a test split (released protocol by default).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    data = add_data_options(parser, splits=("test",))
+    data = add_data_options(parser, splits=("train", "test"))
     data.add_argument("--num_exposures", type=int, default=None,
                       help="exposures every scene must have (default: whatever each scene holds)")
 
@@ -43,8 +50,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     model.add_argument("--pretrained_model", required=True, type=Path,
                        help="checkpoint file (released or project format), or a folder: every *.pth/*.pt/*.tar "
                             "inside is evaluated into its own sub-folder of --save_dir")
-    model.add_argument("--patch_size", type=int, default=128,
-                       help="accepted for compatibility with the released command line; unused (any size works)")
     add_device_options(model)
     add_inference_options(model)
 
@@ -57,10 +62,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     outputs.add_argument("--save_dir", type=Path, default=Path("results"), help="output folder")
     outputs.add_argument("--no_save_images", action="store_true", help="write only metrics.csv and summary.json")
     add_preview_option(outputs)
+    outputs.add_argument("--log_dir", "--logdir", dest="log_dir", type=Path, default=None,
+                         help="also append the printed results to <log_dir>/test.log")
     outputs.add_argument("--side_by_side", action="store_true",
                          help="also write <scene>_side_by_side.png: reference LDR | prediction | label | error")
     outputs.add_argument("--no_progress", action="store_true", help="no progress bar")
+    add_inert_options(parser.add_argument_group("released options without effect here"), INERT_OPTIONS)
     return parser.parse_args(argv)
+
+
+INERT_OPTIONS: dict[str, tuple[object, str]] = {
+    "patch_size": (256, "whole images are evaluated in one pass, or in --tile tiles"),
+    "test_batch_size": (1, "scenes are evaluated one at a time"),
+    "test_num_workers": (1, "scenes are read in the main process"),
+    "save_results": (True, "images are written unless --no_save_images"),
+}
+"""Released options of test.py that change nothing here (``--train_path`` is accepted too)."""
 
 
 def describe_device(device: torch.device) -> str:
@@ -71,10 +88,11 @@ def describe_device(device: torch.device) -> str:
 
 
 def open_dataset(args: argparse.Namespace) -> HDRFullImageDataset:
-    """The labelled test split, every scene checked to hold ``--num_exposures`` exposures if given."""
+    """The test split, every scene checked to hold ``--num_exposures`` exposures if given. Scenes
+    without a label are reconstructed and written but get no metrics."""
     layout = scene_layout(args)
     dataset = HDRFullImageDataset(args.dataset_dir, args.test_path, with_masks=False, cache=cache_mode(args),
-                                  layout=layout)
+                                  layout=layout, require_label=False)
     if args.num_exposures is not None:
         for scene_dir in dataset.scene_dirs:
             count = len(find_ldr_files(scene_dir, layout))
@@ -99,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the evaluation; returns the exit code (0 ok, 1 a checkpoint failed, 2 unusable input)."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="note: %(message)s")
+    for note in inert_notes(args, INERT_OPTIONS):
+        print(note)
     try:
         checkpoints = list_checkpoints(args.pretrained_model)
         device = resolve_device(args.device)
@@ -132,16 +152,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = evaluate_scenes(model, dataset, device, inference, metrics, progress=not args.no_progress,
                                  on_scene=writer)
         result.table.write_csv(out_dir / "metrics.csv")
+        unlabelled = sorted(set(result.seconds) - {row["scene"] for row in result.table.rows})
         summaries[out_dir] = result.table.summary(
             checkpoint=checkpoint.resolve(), **common, seconds_per_scene=result.seconds,
-            mean_seconds_per_scene=result.mean_seconds())
+            mean_seconds_per_scene=result.mean_seconds(), num_reconstructed=len(result.seconds),
+            num_unlabelled=len(unlabelled), unlabelled_scenes=unlabelled)
         write_json(out_dir / "summary.json", summaries[out_dir])
         network_means[checkpoint.name if len(checkpoints) > 1 else "network"] = means_with_seconds(
             result.table.means(), result.seconds.values())
         print(f"\ncheckpoint {checkpoint} ({len(result.table)} scenes, {describe_device(device)}, "
               f"{protocol['mode']}, SSIM {metrics.ssim_variant})")
-        print(result.table.format())
+        if len(result.table):
+            print(result.table.format())
+        if unlabelled:
+            print(f"{len(unlabelled)} of {len(result.seconds)} scenes have no label ({args.label_file}): "
+                  f"reconstructed and written, left out of the metrics")
         print(f"mean time per scene: {result.mean_seconds():.3f} s; outputs in {out_dir}")
+        if args.log_dir is not None:
+            args.log_dir.mkdir(parents=True, exist_ok=True)
+            with open(args.log_dir / "test.log", "a") as log:
+                log.write(f"checkpoint {checkpoint} ({protocol['mode']})\n{result.table.format()}\n\n")
         del model
     if failed and not summaries:
         return EXIT_FAILED_CHECKPOINT

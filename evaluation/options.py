@@ -14,8 +14,9 @@ from utils.tonemap import DISPLAY_OPERATORS
 
 def add_inference_options(group: argparse._ActionsContainer) -> None:
     """``--pad_multiple``, ``--tile`` and ``--tile_overlap`` (``--amp`` comes with ``--device``)."""
-    group.add_argument("--pad_multiple", type=int, default=TEST_PAD_MULTIPLE,
-                       help="reflection padding multiple (of the image, or of each tile); 128 in the released protocol")
+    group.add_argument("--pad_multiple", "--train_patch_size", dest="pad_multiple", type=int, default=TEST_PAD_MULTIPLE,
+                       help="reflection padding multiple (of the image, or of each tile); 128 in the released protocol, "
+                            "whose test script calls it --train_patch_size")
     group.add_argument("--tile", type=int, default=0,
                        help="tile size in pixels for tiled inference (0 = one pass over the whole image); "
                             "device memory then depends on the tile size only")

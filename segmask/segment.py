@@ -33,6 +33,7 @@ from datasets.scene import (
     reference_ldr_file,
     write_segments,
 )
+from utils.cli import add_inert_options, inert_notes
 from utils.image_io import read_ldr_uint8, write_png
 
 MIN_AREA = 1000
@@ -267,14 +268,18 @@ def segment_split(dataset_dir: Union[str, Path], split: str = "Training", propos
 
 # --- command line ------------------------------------------------------------------------------
 
+INERT_OPTIONS = {"dataset_mode": ("train", "the split segmented is --train_path (released: the same); "
+                                            "--test_path is accepted too")}
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Write semantic segment maps (masks.npy) for a dataset split.")
-    add_data_options(parser, splits=("train",), cache=False)
-    parser.add_argument("--mode", choices=MODES, default="sam",
+    add_data_options(parser, splits=("train", "test"), cache=False)
+    parser.add_argument("--mode", "--mask_mode", dest="mode", choices=MODES, default="sam",
                         help="sam: Segment Anything; superpixel: SLIC, no weights; random: one segment per scene")
     parser.add_argument("--sam_checkpoint", type=Path, default=None,
                         help="SAM weights (default: <repository>/pretrain_model/<official file of --model_type>)")
-    parser.add_argument("--model_type", choices=SAM_MODEL_TYPES, default="vit_h",
+    parser.add_argument("--model_type", choices=(*SAM_MODEL_TYPES, "default"), default="vit_h",
                         help="SAM architecture of the checkpoint ('tiny' is a small test architecture)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--overwrite", action="store_true", help="segment scenes that already have masks again")
@@ -286,7 +291,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--stability_score_thresh", type=float,
                         default=RELEASED_GENERATOR_SETTINGS["stability_score_thresh"])
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
-    return parser.parse_args(argv)
+    add_inert_options(parser.add_argument_group("released options without effect here"), INERT_OPTIONS)
+    args = parser.parse_args(argv)
+    if args.model_type == "default":  # the released name of ViT-H
+        args.model_type = "vit_h"
+    return args
 
 
 def make_proposer(args: argparse.Namespace) -> MaskProposer:
@@ -302,6 +311,8 @@ def make_proposer(args: argparse.Namespace) -> MaskProposer:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    for note in inert_notes(args, INERT_OPTIONS):
+        print(note)
     layout = scene_layout(args)
     try:
         propose = make_proposer(args)

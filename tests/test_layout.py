@@ -69,7 +69,7 @@ def tracked_text_files() -> list[Path]:
 
 
 def test_every_referenced_document_exists() -> None:
-    """A ``NAME.md`` mentioned anywhere must exist in the repository (relative to the file, to
+    """A markdown file named anywhere (``*.md``) must exist in the repository (relative to the file, to
     docs/ or to the root), so a clone never points at a document it lacks."""
     missing = []
     for path in tracked_text_files():

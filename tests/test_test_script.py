@@ -271,3 +271,37 @@ def test_a_bad_checkpoint_in_a_folder_fails_the_run_but_not_the_others(dataset_d
     assert "good.pth" not in err
     assert (save_dir / "good" / "metrics.csv").is_file()
     assert not (save_dir / "broken").exists()
+
+
+# ---------------------------------------------------------------------------
+# Scenes without a label (Sen, Tursun, a user's own captures)
+# ---------------------------------------------------------------------------
+
+def test_unlabelled_scenes_are_reconstructed_and_left_out_of_the_metrics(dataset_dir, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(dataset_dir, data)
+    unlabelled = sorted((data / "Test").iterdir())[0]
+    (unlabelled / "HDRImg.hdr").unlink()
+    save_dir = tmp_path / "out"
+    assert run(data, save_dir, "--baselines", "--side_by_side") == 0
+    for name in SCENES:
+        assert (save_dir / f"{name}.hdr").is_file() and (save_dir / f"{name}.png").is_file()
+    assert not (save_dir / f"{unlabelled.name}_side_by_side.png").exists()
+    labelled = [name for name in SCENES if name != unlabelled.name]
+    assert list(read_csv(save_dir / "metrics.csv", "scene")) == labelled
+    summary = json.loads((save_dir / "summary.json").read_text())
+    assert summary["num_scenes"] == 1 and summary["num_reconstructed"] == 2
+    assert summary["num_unlabelled"] == 1 and summary["unlabelled_scenes"] == [unlabelled.name]
+    assert "1 of 2 scenes have no label" in capsys.readouterr().out
+
+
+def test_a_split_without_any_label_still_writes_every_reconstruction(dataset_dir, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(dataset_dir, data)
+    for label in (data / "Test").glob("*/HDRImg.hdr"):
+        label.unlink()
+    save_dir = tmp_path / "out"
+    assert run(data, save_dir) == 0
+    assert sorted(p.stem for p in save_dir.glob("*.hdr")) == list(SCENES)
+    summary = json.loads((save_dir / "summary.json").read_text())
+    assert summary["num_scenes"] == 0 and summary["num_unlabelled"] == 2 and summary["means"] == {}

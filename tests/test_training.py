@@ -20,7 +20,7 @@ from training.losses import HDRLoss, VGG19Features
 from training.trainer import Trainer, freeze_all_but_shallow_extractor, main, training_step
 from training.options import parse_args
 
-FAST = ["--preset", "tiny", "--patch_size", "32", "--batch_size", "2", "--repeat", "2", "--num_workers", "0",
+FAST = ["--preset", "tiny", "--train_patch_size", "32", "--batch_size", "2", "--repeat", "2", "--num_workers", "0",
         "--no_progress", "--test_interval", "100", "--embed_dim", "12", "--depths", "1", "1", "--num_heads", "2", "2"]
 
 
@@ -122,7 +122,7 @@ def test_phase2_refuses_a_phase1_start_epoch(dataset, tmp_path, capsys):
 def test_resuming_or_finetuning_takes_the_network_shape_from_the_checkpoint(dataset, tmp_path):
     run_phase(1, dataset, tmp_path / "small", "--phase1_epochs", "1", "--epochs", "1")
     args = parse_args(1, ["--dataset_dir", str(dataset), "--logdir", str(tmp_path / "tuned"), "--num_workers", "0",
-                          "--no_progress", "--patch_size", "32", "--batch_size", "2", "--repeat", "1",
+                          "--no_progress", "--train_patch_size", "32", "--batch_size", "2", "--repeat", "1",
                           "--le_lambda", "0", "--finetune_from", str(tmp_path / "small" / "last.pth")])
     assert args.embed_dim == 60  # the command line asks for the default network ...
     trainer = Trainer(args)

@@ -226,21 +226,30 @@ class SegmentTables:
         self.pending.zero_()
 
 
+GUIDING_METRICS = ("psnr_mu", "psnr_l")
+"""Per-segment metrics the metric-guided update can use: PSNR of the μ-law tone-mapped images
+(the released default) or of the linear values."""
+
+
 def segment_psnr_mu(
-    pred: torch.Tensor, label: torch.Tensor, segments: torch.Tensor
+    pred: torch.Tensor, label: torch.Tensor, segments: torch.Tensor, metric: str = "psnr_mu"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """PSNR-μ of every segment of one full image.
+    """PSNR-μ (or, with ``metric="psnr_l"``, linear PSNR) of every segment of one full image.
 
     `pred`, `label`: linear HDR, 3×H×W (or 1×3×H×W); `segments`: the H×W segment IDs in any
     shape with H·W elements and any dtype holding integers. The MSE of a segment runs over
-    its pixels and the 3 channels of the μ-law tone-mapped images (accumulated in float64);
+    its pixels and the 3 channels of the μ-law tone-mapped (or linear) images (accumulated in float64);
     PSNR = 20·log10(1/√MSE), capped at `PSNR_CAP_DB` so that MSE = 0 stays finite.
     Returns (ids: sorted unique IDs, long; psnr: float32), both on pred's device.
     """
     if pred.dim() == 4:
         pred, label = pred[0], label[0]
+    if metric not in GUIDING_METRICS:
+        raise ValueError(f"unknown guiding metric {metric!r}; expected one of {GUIDING_METRICS}")
     channels = pred.shape[0]
-    sq_err = (mu_tonemap(pred) - mu_tonemap(label)).double().square().sum(0).reshape(-1)
+    if metric == "psnr_mu":
+        pred, label = mu_tonemap(pred), mu_tonemap(label)
+    sq_err = (pred - label).double().square().sum(0).reshape(-1)
     flat_ids = segments.reshape(-1).to(pred.device).long()
     if flat_ids.numel() != sq_err.numel():
         raise ValueError(f"segments has {flat_ids.numel()} elements, the image {sq_err.numel()} pixels")
@@ -259,13 +268,14 @@ def update_tables(
     guided_mask: bool = True,
     guided_loss: bool = True,
     mask_temperature: float = 0.05,
-    loss_temperature: float = 0.1,
+    loss_temperature: float = -0.1,
 ) -> None:
     """Add one scene's metric-guided values to `tables`' pending pass (see `commit`).
 
     With S = the scene's segment count: r_s = R·S·softmax_s(mask_temperature·PSNR_s) (easy
     segments masked more; stored unclamped, min(r_s, 1) is applied when masking) and
-    w_s = S·softmax_s(-loss_temperature·PSNR_s) (hard segments weigh more; mean 1 per scene).
+    w_s = S·softmax_s(loss_temperature·PSNR_s) (with the released negative temperature, hard
+    segments weigh more; mean 1 per scene).
     `guided_mask=False` gives r_s = R, `guided_loss=False` gives w_s = 1.
     """
     psnr = psnr.to(tables.device, torch.float32)
@@ -275,7 +285,7 @@ def update_tables(
     else:
         ratio = torch.full_like(psnr, R)
     if guided_loss:
-        weight = count * torch.softmax(-loss_temperature * psnr, dim=0)
+        weight = count * torch.softmax(loss_temperature * psnr, dim=0)
     else:
         weight = torch.ones_like(psnr)
     tables.add(ids, ratio, weight)

@@ -13,15 +13,26 @@ from typing import Any, Sequence
 
 from datasets.options import add_data_options
 from training.losses import DEFAULT_LE_LAMBDA
-from utils.cli import add_device_options, add_flag
+from training.curriculum import GUIDING_METRICS
+from utils.cli import add_device_options, add_flag, add_inert_options
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
-    "tiny": dict(embed_dim=24, depths=[2, 2], num_heads=[2, 2], patch_size=64, batch_size=4, repeat=4,
+    "tiny": dict(embed_dim=24, depths=[2, 2], num_heads=[2, 2], train_patch_size=64, batch_size=4, repeat=4,
                  epochs=10, phase1_epochs=6, metric_guided_interval=2, test_interval=2, save_interval=5,
                  le_lambda=0.0, drop_path_rate=0.0),
 }
 """Defaults replaced by ``--preset NAME``. ``paper`` is the released recipe (nothing replaced)."""
+
+INERT_OPTIONS: dict[str, tuple[Any, str]] = {
+    "patch_size": (256, "the released test patch size; evaluation runs on whole images, the crop is --train_patch_size"),
+    "test_batch_size": (1, "test scenes are evaluated one at a time"),
+    "test_num_workers": (1, "test scenes are read in the main process"),
+    "log_interval": (100, "the loss is logged every epoch and shown live in the progress bar"),
+    "momentum": (0.5, "the optimiser is Adam"),
+    "lr_decay": (True, "the cosine schedule always runs, as in the released scripts"),
+}
+"""Released options that change nothing here (see ``utils.cli.add_inert_options``)."""
 
 
 def build_parser(phase: int) -> argparse.ArgumentParser:
@@ -35,9 +46,9 @@ def build_parser(phase: int) -> argparse.ArgumentParser:
                         help="replace the defaults of network size and schedule (tiny: a CPU run of minutes)")
 
     data = add_data_options(parser)
-    data.add_argument("--patch_size", type=int, default=128, help="training crop size")
+    data.add_argument("--train_patch_size", type=int, default=128, help="training crop size")
     data.add_argument("--repeat", type=int, default=100, help="passes over the training scenes per epoch")
-    data.add_argument("--num_workers", type=int, default=2, help="DataLoader worker processes")
+    data.add_argument("--num_workers", type=int, default=8, help="DataLoader worker processes")
 
     schedule = parser.add_argument_group("schedule")
     schedule.add_argument("--epochs", type=int, default=400, help="last epoch of the whole recipe")
@@ -52,12 +63,19 @@ def build_parser(phase: int) -> argparse.ArgumentParser:
     schedule.add_argument("--constant_mask_ratio", type=float, default=0.75,
                           help="phase-2 mask ratio without the curriculum")
     add_flag(schedule, "--is_curriculum", True, "mask ratio rises then falls in phase 2 (else constant)")
-    add_flag(schedule, "--is_guided_mask", True, "per-segment mask ratios from per-segment PSNR-mu")
-    add_flag(schedule, "--is_guided_loss", True, "per-segment loss weights from per-segment PSNR-mu")
+    add_flag(schedule, "--is_mask", True, "mask the inputs in phase 2 (false: phase 2 trains without masking)")
+    schedule.add_argument("--mask_choice", type=int, choices=(0, 1), default=1,
+                          help="0: mask random pixels of the whole crop; 1: mask within the semantic segments")
+    add_flag(schedule, "--is_guided_mask", True, "per-segment mask ratios from the per-segment metric")
+    add_flag(schedule, "--is_guided_loss", True, "per-segment loss weights from the per-segment metric")
+    schedule.add_argument("--metric_guided", choices=GUIDING_METRICS, default="psnr_mu",
+                          help="per-segment metric of the metric-guided update (psnr_l: PSNR of linear values)")
     schedule.add_argument("--metric_guided_interval", type=int, default=5,
                           help="phase-1 epochs between metric-guided updates (every epoch in phase 2)")
-    schedule.add_argument("--mask_temperature", type=float, default=0.05, help="softmax temperature of mask ratios")
-    schedule.add_argument("--loss_temperature", type=float, default=0.1, help="softmax temperature of loss weights")
+    schedule.add_argument("--mask_temperature", type=float, default=0.05,
+                          help="T of the mask ratios r_s = R·S·softmax(T·PSNR_s): positive masks easy segments more")
+    schedule.add_argument("--loss_temperature", type=float, default=-0.1,
+                          help="T of the loss weights w_s = S·softmax(T·PSNR_s): negative weighs hard segments more")
 
     loss = parser.add_argument_group("loss")
     loss.add_argument("--le_lambda", type=float, default=DEFAULT_LE_LAMBDA,
@@ -82,15 +100,20 @@ def build_parser(phase: int) -> argparse.ArgumentParser:
                           "<logdir>/last.pth, when present, is used first unless --restart")
     run.add_argument("--restart", action="store_true", help="ignore <logdir>/last.pth")
     run.add_argument("--finetune_from", type=Path, default=None,
-                     help="load these weights, train only conv_first (adapting to another exposure count)")
-    add_flag(run, "--is_freeze", False, "train only conv_first (the shallow extractor)")
-    run.add_argument("--seed", type=int, default=0)
+                     help="load these weights and train only the shallow extractor conv_first (5.28 %% of the "
+                          "default network), as the paper adapts a model to another exposure count")
+    add_flag(run, "--is_freeze", False,
+             "the released fine-tuning: load --resume's weights, start at epoch 1 and train only conv_first.0 "
+             "(0.26 %% of the default network)")
+    add_flag(run, "--init_weights", False, "initialise a new network with the released normal(0, 0.02) weights")
+    run.add_argument("--seed", type=int, default=1234)
     add_device_options(run, "auto, cpu, cuda, cuda:N (torchrun sets it per rank)")
     run.add_argument("--compile", action="store_true", help="torch.compile the network for training")
     run.add_argument("--test_interval", type=int, default=10, help="epochs between test-split evaluations")
     run.add_argument("--save_interval", type=int, default=50, help="epochs between kept epoch_NNNN.pth files")
     run.add_argument("--max_steps", type=int, default=None, help="stop each epoch after this many steps (smoke runs)")
     run.add_argument("--no_progress", action="store_true", help="no progress bars")
+    add_inert_options(parser.add_argument_group("released options without effect here"), INERT_OPTIONS)
     return parser
 
 
@@ -105,7 +128,7 @@ def parse_args(phase: int, argv: Sequence[str] | None = None) -> argparse.Namesp
         parser.error(f"--depths {args.depths} and --num_heads {args.num_heads} differ in length")
     if not 0 <= args.phase1_epochs <= args.epochs:
         parser.error(f"need 0 <= --phase1_epochs ({args.phase1_epochs}) <= --epochs ({args.epochs})")
-    for name in ("batch_size", "patch_size", "repeat", "metric_guided_interval", "test_interval", "save_interval"):
+    for name in ("batch_size", "train_patch_size", "repeat", "metric_guided_interval", "test_interval", "save_interval"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be positive")
     return args
@@ -113,6 +136,6 @@ def parse_args(phase: int, argv: Sequence[str] | None = None) -> argparse.Namesp
 
 def model_config(args: argparse.Namespace) -> dict[str, Any]:
     """SMNet constructor options from parsed arguments (mask blocks always built)."""
-    return dict(img_size=args.patch_size, embed_dim=args.embed_dim, depths=list(args.depths),
+    return dict(img_size=args.train_patch_size, embed_dim=args.embed_dim, depths=list(args.depths),
                 num_heads=list(args.num_heads), window_size=args.window_size,
                 drop_path_rate=args.drop_path_rate, is_mask=True, adl_drop_rate=args.adl_drop_rate)

@@ -11,7 +11,7 @@ import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -63,3 +63,48 @@ class RunState:
     epoch: int = 0
     best_psnr_mu: float = -math.inf
     history: list[dict[str, float]] = field(default_factory=list)
+
+
+def is_released_checkpoint(data: Mapping[str, Any]) -> bool:
+    """A checkpoint written by the released training scripts: ``state_dict``, ``optimizer`` and
+    the released scheduler's ``lr_scheduler``, but not the project's ``config``."""
+    return "lr_scheduler" in data and "state_dict" in data and "config" not in data
+
+
+def parameter_order(state_dict: Mapping[str, torch.Tensor], parameter_names: set[str]) -> list[str]:
+    """The order in which the network that wrote ``state_dict`` listed its parameters.
+
+    A state dict lists every module's parameters, then its buffers, then its children, and
+    ``named_parameters()`` does the same without the buffers: so the parameters' order is the
+    state dict's key order with the buffers (and DataParallel's ``module.`` prefix) taken out.
+    """
+    names = [key.removeprefix("module.").removeprefix("_orig_mod.") for key in state_dict]
+    return [name for name in names if name in parameter_names]
+
+
+def optimizer_state_by_name(saved: Mapping[str, Any], saved_order: Sequence[str],
+                            optimizer: torch.optim.Optimizer, names: Mapping[torch.nn.Parameter, str]
+                            ) -> tuple[dict[str, Any], list[str]]:
+    """Re-key a saved single-group optimizer state (its parameters in ``saved_order``) onto
+    ``optimizer``'s parameters by name (``names``: parameter → name). Returns the state dict to
+    load and the names whose state was dropped (no counterpart or another shape)."""
+    saved_group = saved["param_groups"][0]
+    if len(saved["param_groups"]) != 1 or len(saved_group["params"]) != len(saved_order):
+        raise ValueError(f"the saved optimiser holds {sum(len(g['params']) for g in saved['param_groups'])} "
+                         f"parameters, the saved network {len(saved_order)}")
+    saved_states = {saved_order[i]: saved["state"][index] for i, index in enumerate(saved_group["params"])
+                    if index in saved["state"]}
+    group = optimizer.param_groups[0]
+    state: dict[int, Any] = {}
+    dropped = []
+    for index, parameter in enumerate(group["params"]):
+        entry = saved_states.pop(names[parameter], None)
+        if entry is None:
+            continue
+        if any(torch.is_tensor(v) and v.dim() > 0 and v.shape != parameter.shape for v in entry.values()):
+            dropped.append(names[parameter])
+            continue
+        state[index] = entry
+    dropped.extend(saved_states)
+    restored_group = {**saved_group, "params": list(range(len(group["params"])))}
+    return {"state": state, "param_groups": [restored_group]}, dropped

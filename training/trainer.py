@@ -55,20 +55,27 @@ from training.curriculum import (
 )
 from training.losses import HDRLoss, VGGWeightsNotFoundError, build_loss
 from training.masking import build_loss_map, build_mask_map
-from training.options import model_config, parse_args
+from training.options import INERT_OPTIONS, model_config, parse_args
 from training.resume import (
     RunState,
     epoch_seed,
+    is_released_checkpoint,
+    optimizer_state_by_name,
+    parameter_order,
     plain_args,
     restore_rng_states,
     rng_states,
     seed_everything,
 )
 from utils import distributed
+from utils.cli import inert_notes
 from utils.tonemap import mu_tonemap
 
 LOG = logging.getLogger("smhdr.train")
-TRAINABLE_WHEN_FROZEN = ("conv_first.",)
+SHALLOW_EXTRACTOR = ("conv_first.",)
+"""What ``--finetune_from`` trains: the whole shallow extractor, as the paper adapts a model."""
+RELEASED_FREEZE = ("conv_first.0.",)
+"""What the released ``--is_freeze`` trains: the first convolution of the shallow extractor."""
 ARCHITECTURE_KEYS = ("in_chans", "embed_dim", "depths", "num_heads", "window_size", "mlp_ratio",
                      "channel_mlp_ratio", "ca_heads_per_exposure")
 """Network options a checkpoint fixes; the others (drop rates, mask blocks) are training choices."""
@@ -77,14 +84,26 @@ ARCHITECTURE_KEYS = ("in_chans", "embed_dim", "depths", "num_heads", "window_siz
 # ----------------------------------------------------------------------------- building blocks
 
 
-def freeze_all_but_shallow_extractor(model: nn.Module) -> float:
-    """Train only ``conv_first`` (shared by all exposures); returns the trainable share."""
+def freeze_all_but_shallow_extractor(model: nn.Module, trainable_prefixes: tuple[str, ...] = SHALLOW_EXTRACTOR
+                                     ) -> float:
+    """Train only the parameters under ``trainable_prefixes`` (by default all of ``conv_first``,
+    shared by all exposures); returns the trainable share of the parameters."""
     total = trainable = 0
     for name, parameter in unwrap(model).named_parameters():
-        parameter.requires_grad_(name.startswith(TRAINABLE_WHEN_FROZEN))
+        parameter.requires_grad_(name.startswith(trainable_prefixes))
         total += parameter.numel()
         trainable += parameter.numel() if parameter.requires_grad else 0
     return trainable / total
+
+
+def init_released_weights(model: nn.Module, std: float = 0.02) -> None:
+    """The released ``--init_weights``: convolution and linear weights drawn from
+    normal(0, std), their biases zero (norm layers keep their ones and zeros)."""
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.normal_(module.weight, 0.0, std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
 
 
 def count_segment_ids(dataset: HDRFullImageDataset) -> int:
@@ -113,9 +132,11 @@ def training_step(model: nn.Module, batch: Mapping[str, torch.Tensor], loss_fn: 
                   optimizer: torch.optim.Optimizer, ratio_table: torch.Tensor | None,
                   weight_table: torch.Tensor | None, device: torch.device, amp: str | None = None,
                   scaler: torch.amp.GradScaler | None = None, generator: torch.Generator | None = None,
-                  times: StepTimes | None = None) -> dict[str, torch.Tensor]:
+                  times: StepTimes | None = None, whole_crop_masking: bool = False) -> dict[str, torch.Tensor]:
     """One optimiser step on a batch; ``ratio_table`` None means no masking (phase 1),
-    ``weight_table`` None a loss map of ones. Returns the loss terms (detached) and the mask map
+    ``weight_table`` None a loss map of ones. With ``whole_crop_masking`` (the released
+    ``--mask_choice 0``) the mask map ignores the segments: ``ratio_table[0]`` of each crop's
+    pixels are masked. Returns the loss terms (detached) and the mask map
     (None without masking). ``times`` (benchmarks) adds the split of the step, at the cost of a
     device synchronisation per part."""
     inputs = batch["input"].to(device, non_blocking=True)
@@ -125,7 +146,8 @@ def training_step(model: nn.Module, batch: Mapping[str, torch.Tensor], loss_fn: 
     if ratio_table is not None or weight_table is not None:
         segments = batch["segments"].to(device, non_blocking=True)
         if ratio_table is not None:
-            mask_map = build_mask_map(segments, ratio_table, generator)
+            mask_map = build_mask_map(torch.zeros_like(segments) if whole_crop_masking else segments, ratio_table,
+                                      generator)
         if weight_table is not None:
             loss_map = build_loss_map(segments, weight_table)
     if times is not None:
@@ -169,7 +191,8 @@ def metric_guided_update(model: nn.Module, scenes: HDRFullImageDataset, tables: 
             sample = scenes[index]
             inputs = sample["input"].unsqueeze(0).to(process.device)
             prediction = reconstruct(net, inputs, GUIDED_PAD_MULTIPLE, amp)[0].float()
-            ids, psnr = segment_psnr_mu(prediction, sample["label"].to(process.device), sample["segments"])
+            ids, psnr = segment_psnr_mu(prediction, sample["label"].to(process.device), sample["segments"],
+                                        args.metric_guided)
             update_tables(tables, ids, psnr, ratio, args.is_guided_mask, args.is_guided_loss,
                           args.mask_temperature, args.loss_temperature)
     tables.all_reduce_pending()
@@ -196,7 +219,7 @@ class Trainer:
         self._first_test_scene: tuple[Mapping[str, Any], torch.Tensor] | None = None
 
         layout, cache = scene_layout(args), cache_mode(args)
-        self.train_set = HDRTrainDataset(args.dataset_dir, args.train_path, args.patch_size, args.repeat,
+        self.train_set = HDRTrainDataset(args.dataset_dir, args.train_path, args.train_patch_size, args.repeat,
                                          with_masks=True, cache=cache, layout=layout)
         self.guided_set = HDRFullImageDataset(args.dataset_dir, args.train_path, with_masks=True, cache=cache,
                                               layout=layout)
@@ -208,9 +231,11 @@ class Trainer:
         self.loss_fn = build_loss(args.le_lambda, args.vgg_weights).to(self.device)
         start_epoch = self._load_initial_weights()
         self.trainable_share = 1.0
-        if args.is_freeze or args.finetune_from is not None:
-            self.trainable_share = freeze_all_but_shallow_extractor(self.model)
-            self.log(f"fine-tuning: only conv_first is trained ({100 * self.trainable_share:.2f} % of the parameters)")
+        if args.finetune_from is not None or args.is_freeze:
+            prefixes = SHALLOW_EXTRACTOR if args.finetune_from is not None else RELEASED_FREEZE
+            self.trainable_share = freeze_all_but_shallow_extractor(self.model, prefixes)
+            self.log(f"fine-tuning: only {prefixes[0].rstrip('.')} is trained "
+                     f"({100 * self.trainable_share:.2f} % of the parameters)")
         parameters = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(parameters, lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp == "fp16" else None
@@ -274,6 +299,8 @@ class Trainer:
         config = model_config(self.args)
         if source is None:
             self.model = SMNet(**config).to(self.device)
+            if self.args.init_weights:
+                init_released_weights(self.model)
             return None
         data = read_checkpoint(source)
         training_choices = {key: value for key, value in config.items() if key not in ARCHITECTURE_KEYS}
@@ -298,6 +325,9 @@ class Trainer:
         data = self._build_model(path)
         if data is None:
             return args.start_epoch or default_start
+        if args.is_freeze and path != self.logdir / "last.pth":  # the released fine-tuning: weights only
+            self.log(f"weights from {path}; fine-tuning from epoch {args.start_epoch or 1}")
+            return args.start_epoch or 1
         self.log(f"resumed weights from {path}")
         if "optimizer" in data:
             self._resume_data = data
@@ -312,8 +342,17 @@ class Trainer:
         """Optimiser, tables, RNG and run history of a project checkpoint (the scheduler is
         rebuilt for the start epoch: the learning rate is a function of the epoch)."""
         try:
-            self.optimizer.load_state_dict(data["optimizer"])
-        except ValueError as err:
+            if is_released_checkpoint(data):  # its Adam state is in the released network's parameter order
+                names = {p: n for n, p in unwrap(self.model).named_parameters()}
+                order = parameter_order(data["state_dict"], set(names.values()))
+                state, dropped = optimizer_state_by_name(data["optimizer"], order, self.optimizer, names)
+                if dropped:
+                    self.log(f"note: no optimiser state restored for {len(dropped)} parameter(s) "
+                             f"({', '.join(dropped[:3])}{', …' if len(dropped) > 3 else ''})")
+                self.optimizer.load_state_dict(state)
+            else:
+                self.optimizer.load_state_dict(data["optimizer"])
+        except (ValueError, KeyError, IndexError) as err:
             self.log(f"note: optimiser state not restored ({err}); starting Adam afresh")
         if "tables" in data:
             self.tables.load_state_dict(data["tables"])
@@ -379,8 +418,11 @@ class Trainer:
                                            self.amp)
             self.log(f"epoch {epoch}: metric-guided update of {updated} segments (R = {ratio:.3f})")
         ratio_table = None
-        if ratio > 0:
-            ratio_table = self.tables.ratio if args.is_guided_mask else torch.full_like(self.tables.ratio, ratio)
+        if ratio > 0 and args.is_mask:
+            if args.mask_choice == 0:
+                ratio_table = torch.full((1,), ratio, device=self.device)
+            else:
+                ratio_table = self.tables.ratio if args.is_guided_mask else torch.full_like(self.tables.ratio, ratio)
         weight_table = self.tables.weight if args.is_guided_loss else None
         generator = torch.Generator(device=self.device).manual_seed(epoch_seed(args.seed, epoch, self.process.rank))
 
@@ -397,7 +439,8 @@ class Trainer:
             if step >= total_steps:
                 break
             last = training_step(self.train_model, batch, self.loss_fn, self.optimizer, ratio_table, weight_table,
-                                 self.device, self.amp, self.scaler, generator)
+                                 self.device, self.amp, self.scaler, generator,
+                                 whole_crop_masking=args.mask_choice == 0)
             steps += 1
             if not torch.isfinite(last["loss"]):
                 raise FloatingPointError(f"epoch {epoch}, step {step + 1}: the loss is {float(last['loss'])}; "
@@ -497,6 +540,8 @@ class Trainer:
 def main(phase: int, argv: Sequence[str] | None = None) -> int:
     """Entry point of ``train_phase1.py`` / ``train_phase2.py``."""
     args = parse_args(phase, argv)
+    for note in inert_notes(args, INERT_OPTIONS):
+        print(note)
     try:
         trainer = Trainer(args)
     except (VGGWeightsNotFoundError, CheckpointError, FileNotFoundError, ValueError) as err:

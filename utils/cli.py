@@ -3,6 +3,7 @@ exit-code contract (0 done, 1 a checkpoint failed, 2 unusable input)."""
 from __future__ import annotations
 
 import argparse
+from typing import Any, Mapping
 
 EXIT_OK = 0
 EXIT_FAILED_CHECKPOINT = 1
@@ -37,3 +38,36 @@ def add_device_options(group: argparse._ActionsContainer, device_help: str = "")
                        help=device_help or "auto (cuda when available, else cpu), cpu, cuda, cuda:N")
     group.add_argument("--amp", choices=AMP_CHOICES, default="none",
                        help="autocast precision; fp16 only on CUDA (falls back to float32 on the CPU)")
+    group.add_argument("--no_cuda", dest="device", action="store_const", const="cpu",
+                       help="run on the CPU (the same as --device cpu)")
+
+
+class MapChoice(argparse.Action):
+    """An option whose values stand for another option's values (``--cache_choice 1`` →
+    ``cache="npy"``): it stores ``mapping[value]`` into ``dest``."""
+
+    def __init__(self, option_strings: list[str], dest: str, mapping: dict[str, Any], **kwargs: Any) -> None:
+        self.mapping = mapping
+        super().__init__(option_strings, dest, choices=list(mapping), **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, self.mapping[values])
+
+
+INERT_NOTE = "accepted for the released command lines; no effect here"
+
+
+def add_inert_options(group: argparse._ActionsContainer, options: Mapping[str, tuple[Any, str]]) -> None:
+    """Options of the released scripts that change nothing here: ``{name: (default, why)}``.
+    A bare ``--name`` (a released switch) or ``--name VALUE`` are both accepted."""
+    for name, (default, why) in options.items():
+        kind = str2bool if isinstance(default, bool) else type(default)
+        group.add_argument(f"--{name}", type=kind, default=default, nargs="?", const=True if kind is str2bool else None,
+                           metavar="VALUE", help=f"{INERT_NOTE} ({why})")
+
+
+def inert_notes(args: argparse.Namespace, options: Mapping[str, tuple[Any, str]]) -> list[str]:
+    """One note per inert option given a value other than its default."""
+    return [f"note: --{name} {getattr(args, name)} has no effect here ({why})"
+            for name, (default, why) in options.items() if getattr(args, name) != default]

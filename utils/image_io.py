@@ -16,6 +16,8 @@ import numpy as np
 PathType = Union[str, PathLike]
 
 _LDR_SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): float(2**16)}
+RELEASED_8BIT_SCALE = float(2**16)
+"""What the released reader divides every LDR file by, 8-bit ones included."""
 
 
 class ImageReadError(OSError):
@@ -61,10 +63,13 @@ def _check_rgb(rgb: np.ndarray, path: PathType) -> None:
         raise ValueError(f"expected an H×W×3 RGB array for {path}, got shape {rgb.shape}")
 
 
-def read_ldr(path: PathType) -> np.ndarray:
-    """Read an 8- or 16-bit LDR image (TIFF, PNG) as H×W×3 float32 RGB in [0, 1]."""
+def read_ldr(path: PathType, eight_bit_scale: float = 255.0) -> np.ndarray:
+    """Read an 8- or 16-bit LDR image (TIFF, PNG) as H×W×3 float32 RGB in [0, 1].
+
+    16-bit values are divided by 2**16 as the released checkpoints expect; 8-bit values by
+    ``eight_bit_scale`` (255; ``RELEASED_8BIT_SCALE`` reproduces the released reader exactly)."""
     image = _imread(path, cv2.IMREAD_UNCHANGED)
-    scale = _LDR_SCALE.get(image.dtype)
+    scale = eight_bit_scale if image.dtype == np.uint8 else _LDR_SCALE.get(image.dtype)
     if scale is None:
         raise ImageReadError(f"expected an 8- or 16-bit LDR image, got {image.dtype} in {path}")
     rgb = _to_rgb(image, path).astype(np.float32) / np.float32(scale)
