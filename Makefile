@@ -12,10 +12,11 @@ DEMO_TRAIN_ARGS = --dataset_dir $(DEMO_DIR)/data --preset tiny --train_patch_siz
 	--phase1_epochs 12 --epochs 16 --metric_guided_interval 4 --test_interval 4 --num_workers 0 --seed 0
 
 # The shipped demo checkpoint (pretrain_model/demo_smnet.pth): the project's recipe, tiny network,
-# on generated scenes (seed 1): about 15 minutes on 2 CPU cores.
+# on scenes made from the real radiance maps of datasets/radiance (seed 1), one CPU thread: about
+# 90 minutes (pretrain_model/README.md has the learning curve).
 CKPT_DIR ?= demo_checkpoint_run
-CKPT_TRAIN_ARGS = --dataset_dir $(CKPT_DIR)/data --preset tiny --train_patch_size 96 --batch_size 8 --repeat 10 \
-	--phase1_epochs 12 --epochs 16 --metric_guided_interval 4 --test_interval 4 --save_interval 4 \
+CKPT_TRAIN_ARGS = --dataset_dir $(CKPT_DIR)/data --preset tiny --train_patch_size 96 --batch_size 8 \
+	--phase1_epochs 26 --epochs 34 --metric_guided_interval 6 --test_interval 5 --save_interval 10 \
 	--num_workers 0 --seed 1 --no_progress
 
 .PHONY: setup test demo demo-checkpoint bench clean-demo
@@ -41,7 +42,7 @@ bench: setup
 
 demo: setup
 	rm -rf $(DEMO_DIR)
-	$(PY) -m datasets.synthetic --out $(DEMO_DIR)/data --train 12 --test 3 --size 256 320 --seed 7
+	$(PY) -m datasets.real_scenes --out $(DEMO_DIR)/data --train 12 --test 3 --size 256 320 --seed 7
 	$(PY) -m segmask.segment --dataset_dir $(DEMO_DIR)/data $(SEGMENT_ARGS) --no_progress
 	$(PY) train_phase1.py $(DEMO_TRAIN_ARGS) --logdir $(DEMO_DIR)/runs/phase1
 	$(PY) train_phase2.py $(DEMO_TRAIN_ARGS) --logdir $(DEMO_DIR)/runs/phase2 \
@@ -52,7 +53,7 @@ demo: setup
 		--save_dir $(DEMO_DIR)/results/demo_checkpoint --baselines --side_by_side --no_progress
 	@echo
 	@echo "Done. Where things are:"
-	@echo "  generated scenes and masks: $(DEMO_DIR)/data/{Training,Test}/scene_*/ (masks.png previews the segments)"
+	@echo "  scenes from real radiance:  $(DEMO_DIR)/data/{Training,Test}/scene_*/ (masks.png previews the segments)"
 	@echo "  training logs:              $(DEMO_DIR)/runs/phase{1,2}/train.log, checkpoints last.pth / best.pth"
 	@echo "  TensorBoard:                $(VENV)/bin/tensorboard --logdir $(DEMO_DIR)/runs"
 	@echo "  HDR results (.hdr, .png):   $(DEMO_DIR)/results/{just_trained,demo_checkpoint}/"
@@ -60,10 +61,11 @@ demo: setup
 
 demo-checkpoint: setup
 	rm -rf $(CKPT_DIR)
-	$(PY) -m datasets.synthetic --out $(CKPT_DIR)/data --train 24 --test 4 --size 256 320 --seed 1
+	$(PY) -m datasets.real_scenes --out $(CKPT_DIR)/data --train 72 --test 6 --size 256 320 --seed 1
 	$(PY) -m segmask.segment --dataset_dir $(CKPT_DIR)/data --mode superpixel --no_progress
-	$(PY) train_phase1.py $(CKPT_TRAIN_ARGS) --logdir $(CKPT_DIR)/phase1
-	$(PY) train_phase2.py $(CKPT_TRAIN_ARGS) --logdir $(CKPT_DIR)/phase2 --resume $(CKPT_DIR)/phase1/last.pth
+	OMP_NUM_THREADS=1 $(PY) train_phase1.py $(CKPT_TRAIN_ARGS) --repeat 6 --logdir $(CKPT_DIR)/phase1
+	OMP_NUM_THREADS=1 $(PY) train_phase2.py $(CKPT_TRAIN_ARGS) --repeat 10 --logdir $(CKPT_DIR)/phase2 \
+		--resume $(CKPT_DIR)/phase1/last.pth
 	$(PY) -m models.checkpoint export $(CKPT_DIR)/phase2/last.pth pretrain_model/demo_smnet.pth
 
 clean-demo:

@@ -7,8 +7,10 @@ cropping a training patch from it. Two caches are offered:
 - ``"npy"``: decoded arrays are written once to ``<scene>/.cache/`` and memory-mapped afterwards,
   so all workers share them through the page cache.
 
-Both are keyed on the size and modification time of every source file, so a changed, added
-or removed file (e.g. a newly generated ``masks.npy``) makes the scene decode again.
+Both are keyed on the size, modification time, change time and inode of every source file, so
+a changed, added, removed or replaced file (e.g. a newly generated ``masks.npy``) makes the scene
+decode again. The change time cannot be set back by copying tools or ``touch``: a file rewritten
+with its old size and modification time still invalidates the cache.
 """
 from __future__ import annotations
 
@@ -25,19 +27,20 @@ from .scene import PathLike, Scene, SceneLayout, check_requirements, load_scene,
 CacheMode = Optional[Literal["memory", "npy"]]
 CACHE_MODES = (None, "memory", "npy")
 CACHE_DIRNAME = ".cache"
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
 _ARRAYS = ("ldrs", "exposures", "label", "segments")
 
 Signature = list[list[Union[str, int]]]
 
 
 def source_signature(scene_dir: PathLike, layout: SceneLayout = SceneLayout()) -> Signature:
-    """[name, size, mtime_ns] of every file the decoded scene depends on."""
+    """[name, size, mtime_ns, ctime_ns, inode] of every file the decoded scene depends on."""
     scene_dir = Path(scene_dir)
     signature = []
     for path in scene_source_files(scene_dir, layout):
         stat = path.stat()
-        signature.append([path.relative_to(scene_dir).as_posix(), stat.st_size, stat.st_mtime_ns])
+        signature.append([path.relative_to(scene_dir).as_posix(), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns,
+                          stat.st_ino])
     return signature
 
 

@@ -6,11 +6,12 @@ Both read scenes through one `SceneReader` and turn them into network input with
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from .cache import CacheMode, SceneReader
 from .preprocess import build_network_input, random_crop_box, random_flip_axis
@@ -50,6 +51,13 @@ class _SplitDataset(Dataset):
     def load_scene(self, index: int) -> Scene:
         """The decoded, validated scene number `index` (in sorted order)."""
         return self.reader.load(self.scene_dirs[index], self.require_label, self.require_masks)
+
+    def scenes(self, progress: bool = False) -> Iterator[Scene]:
+        """Every scene, decoded and validated in order (filling the cache): a run that walks them
+        first finds a broken file before it writes or trains anything."""
+        for index in tqdm(range(len(self.scene_dirs)), desc=f"checking {self.split}", unit="scene", leave=False,
+                          disable=not progress):
+            yield self.load_scene(index)
 
 
 class HDRTrainDataset(_SplitDataset):

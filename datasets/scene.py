@@ -25,6 +25,12 @@ from utils.atomic_io import save_npy_atomically
 
 PathLike = Union[str, Path]
 
+MAX_SEGMENT_ID = 2**24 - 1
+"""Largest segment ID a masks file may hold: IDs are stored as float32, exact up to 2**24, and
+the per-segment tables of training are sized by the largest ID in use."""
+LABEL_CEILING = 1e6
+"""Labels are relative radiance (Kalantari's lie in about [0, 1]); a value above this is a broken file."""
+
 
 class SceneError(ValueError):
     """A dataset split or scene is missing files or holds inconsistent data."""
@@ -183,8 +189,15 @@ def read_segments(path: PathLike, scene_name: str = "") -> np.ndarray:
         raw = raw[..., 0]
     if raw.ndim != 2:
         raise SceneError(f"scene {scene_name}: masks file {path} must be H×W×1, got shape {raw.shape}")
-    if not np.all(np.isfinite(raw)) or np.any(raw < 0) or np.any(raw != np.round(raw)):
-        raise SceneError(f"scene {scene_name}: masks file {path} must hold non-negative integer IDs")
+    if raw.dtype.kind not in "fiu":
+        raise SceneError(f"scene {scene_name}: masks file {path} holds {raw.dtype} values; expected float32 "
+                         "segment IDs (rewrite it with segmask/segment.py)")
+    if raw.size and not np.all(np.isfinite(raw)):
+        raise SceneError(f"scene {scene_name}: masks file {path} holds NaN or infinite IDs")
+    if raw.size and (raw.min() < 0 or raw.max() > MAX_SEGMENT_ID or np.any(raw != np.round(raw))):
+        raise SceneError(f"scene {scene_name}: masks file {path} must hold integer segment IDs from 0 to "
+                         f"{MAX_SEGMENT_ID}, found values from {raw.min()} to {raw.max()} (rewrite it with "
+                         "segmask/segment.py)")
     return raw.astype(np.int64)
 
 
@@ -192,7 +205,7 @@ def write_segments(path: PathLike, segments: np.ndarray) -> None:
     """Save an H×W map of segment IDs as the H×W×1 float32 masks file (atomically)."""
     if segments.ndim != 2:
         raise ValueError(f"expected an H×W segment map, got shape {segments.shape}")
-    if segments.size and int(segments.max()) >= 2**24:
+    if segments.size and int(segments.max()) > MAX_SEGMENT_ID:
         raise ValueError("segment IDs from 2**24 on are not exact in float32")
     save_npy_atomically(Path(path), segments.astype(np.float32)[..., None])
 
@@ -202,6 +215,9 @@ def _check_label_values(scene_name: str, label: np.ndarray, path: Path) -> None:
         raise SceneError(f"scene {scene_name}: label {path} contains NaN or infinite values")
     if np.any(label < 0):
         raise SceneError(f"scene {scene_name}: label {path} contains negative values")
+    if label.size and float(label.max()) > LABEL_CEILING:
+        raise SceneError(f"scene {scene_name}: label {path} holds values up to {float(label.max()):.3g}; labels are "
+                         f"relative radiance (about 0 to 1 in the benchmarks), not above {LABEL_CEILING:g}")
 
 
 def _check_size(scene_name: str, what: str, path: Path, shape: tuple[int, ...], size: tuple[int, int]) -> None:

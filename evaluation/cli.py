@@ -29,8 +29,9 @@ from evaluation.tables import METHOD_KEY, comparison_rows, format_table, means_w
 from models.checkpoint import CheckpointError, load_model
 from utils.cli import (
     EXIT_FAILED_CHECKPOINT,
-    EXIT_USAGE,
     UsageError,
+    add_debug_option,
+    run_cli,
     add_device_options,
     add_inert_options,
     inert_notes,
@@ -67,6 +68,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     outputs.add_argument("--side_by_side", action="store_true",
                          help="also write <scene>_side_by_side.png: reference LDR | prediction | label | error")
     outputs.add_argument("--no_progress", action="store_true", help="no progress bar")
+    add_debug_option(parser)
     add_inert_options(parser.add_argument_group("released options without effect here"), INERT_OPTIONS)
     return parser.parse_args(argv)
 
@@ -98,6 +100,8 @@ def open_dataset(args: argparse.Namespace) -> HDRFullImageDataset:
             count = len(find_ldr_files(scene_dir, layout))
             if count != args.num_exposures:
                 raise UsageError(f"scene {scene_dir}: {count} exposures, but --num_exposures {args.num_exposures}")
+    for _ in dataset.scenes(progress=not args.no_progress):  # a broken file stops the run before any output
+        pass
     return dataset
 
 
@@ -119,15 +123,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="note: %(message)s")
     for note in inert_notes(args, INERT_OPTIONS):
         print(note)
-    try:
-        checkpoints = list_checkpoints(args.pretrained_model)
-        device = resolve_device(args.device)
-        inference, amp_note = inference_settings(args, device)
-        metrics = metric_settings(args)
-        dataset = open_dataset(args)
-    except ValueError as err:  # unusable options or inputs: CheckpointListError, UsageError, SceneError, --device
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_USAGE
+    return run_cli(lambda: evaluate(args), args.debug)
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    """The evaluation of parsed options (see ``main``); unusable options or data raise before
+    anything is written."""
+    if args.save_dir.exists() and not args.save_dir.is_dir():
+        raise UsageError(f"--save_dir {args.save_dir} is a file, not a folder")
+    checkpoints = list_checkpoints(args.pretrained_model)
+    device = resolve_device(args.device)
+    inference, amp_note = inference_settings(args, device)
+    metrics = metric_settings(args)
+    dataset = open_dataset(args)
     if amp_note:
         print(f"note: {amp_note}")
 
@@ -140,6 +148,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     summaries: dict[Path, dict[str, Any]] = {}
     network_means: dict[str, dict[str, float]] = {}
     failed: list[Path] = []
+    # tables of an earlier run into the same folders go first: a run that fails halfway must not
+    # leave new images next to old numbers
+    for stale in [args.save_dir / "baselines.csv", args.save_dir / "checkpoints.csv",
+                  *(folder / name for folder in folders.values() for name in ("metrics.csv", "summary.json"))]:
+        stale.unlink(missing_ok=True)
     for checkpoint in checkpoints:
         out_dir = folders[checkpoint]
         try:
@@ -149,8 +162,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             failed.append(checkpoint)
             continue
         writer = SceneOutputWriter(out_dir, args.preview_operator, args.side_by_side, not args.no_save_images)
-        result = evaluate_scenes(model, dataset, device, inference, metrics, progress=not args.no_progress,
-                                 on_scene=writer)
+        try:
+            result = evaluate_scenes(model, dataset, device, inference, metrics, progress=not args.no_progress,
+                                     on_scene=writer)
+        except BaseException:
+            print(f"note: stopped after writing {writer.written} scene(s) to {out_dir}; no tables were written there",
+                  file=sys.stderr)
+            raise
         result.table.write_csv(out_dir / "metrics.csv")
         unlabelled = sorted(set(result.seconds) - {row["scene"] for row in result.table.rows})
         summaries[out_dir] = result.table.summary(

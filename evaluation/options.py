@@ -27,6 +27,10 @@ def inference_settings(args: argparse.Namespace, device: torch.device) -> tuple[
     """The inference settings the options ask for on ``device``, and a note when the precision
     had to change (fp16 on the CPU)."""
     amp, note = resolve_amp(args.amp, device)
+    if 0 < args.tile < args.pad_multiple:
+        raise UsageError(f"--tile {args.tile} is smaller than --pad_multiple {args.pad_multiple}: every tile would be "
+                         "padded to the multiple, costing time and accuracy; use --tile of at least "
+                         f"{args.pad_multiple} (or lower --pad_multiple)")
     try:
         return InferenceSettings(args.pad_multiple, args.tile, args.tile_overlap, amp), note
     except ValueError as err:

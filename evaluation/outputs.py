@@ -65,6 +65,8 @@ class SceneOutputWriter:
         self.side_by_side = side_by_side
         self.save_images = save_images
         self.suffix = suffix
+        self.written = 0
+        """Scenes whose files are complete."""
 
     def paths(self, scene: str) -> dict[str, Path]:
         stem = f"{scene}{self.suffix}"
@@ -81,3 +83,4 @@ class SceneOutputWriter:
         if self.side_by_side and "label" in sample:
             label = as_hwc(torch.as_tensor(sample["label"]))
             write_png(paths["side_by_side"], side_by_side(reference_ldr(sample), pred, label, self.operator))
+        self.written += 1

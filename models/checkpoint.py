@@ -9,9 +9,7 @@ that needs arbitrary unpickling is refused. The derived buffers of the released 
 from __future__ import annotations
 
 import os
-import pickle
 import re
-import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -19,6 +17,8 @@ import torch
 from torch import nn
 
 from utils.atomic_io import atomic_path
+from utils.cli import UsageError, run_cli
+from utils.safe_load import TensorFileError, load_tensors
 
 from .smnet import SMNet
 
@@ -29,29 +29,17 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be read or does not fit the network."""
 
-
-def looks_like_torch_file(path: Path) -> bool:
-    """A zip archive (torch.save's format) or a pickle stream (its legacy format)."""
-    with path.open("rb") as handle:
-        head = handle.read(2)
-    return zipfile.is_zipfile(path) or head[:1] == b"\x80"
+    exit_code = 1
+    """The command lines' code for "a checkpoint failed"."""
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load a checkpoint file safely (tensors and plain containers only)."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if not looks_like_torch_file(path):
-            raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither a zip archive nor a pickle)") from None
-        raise CheckpointError(
-            f"{path}: refused to load: the file holds Python objects beyond tensors and plain containers, "
-            f"and loading it would need full unpickling, which can run arbitrary code ({err})") from None
-    except Exception as err:  # truncated zips, text files, foreign formats: torch raises many types
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from None
+        data = load_tensors(path, "checkpoint")
+    except TensorFileError as err:
+        raise CheckpointError(str(err)) from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a dict, found {type(data).__name__}")
     return data
@@ -139,7 +127,10 @@ def model_from_checkpoint(data: Mapping[str, Any], source: str | os.PathLike, **
     except CheckpointError as err:
         raise CheckpointError(f"{source}: {err}") from None
     config.update(overrides)
-    model = SMNet(**config)
+    try:
+        model = SMNet(**config)
+    except (TypeError, ValueError, ZeroDivisionError, RuntimeError) as err:
+        raise CheckpointError(f"{source}: its config {config} does not describe a network ({err})") from None
     load_state_dict_strict(model, state, source=str(source))
     return model
 
@@ -200,13 +191,17 @@ def main(argv: list[str] | None = None) -> int:
     export = commands.add_parser("export", help="keep only the weights and config of a training checkpoint")
     export.add_argument("source", type=Path)
     export.add_argument("target", type=Path)
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks instead of one-line errors")
     args = parser.parse_args(argv)
-    try:
+
+    def export() -> int:
+        if args.target.is_dir():
+            raise UsageError(f"{args.target} is a folder; give the file to write")
         export_weights(args.source, args.target)
-    except CheckpointError as err:
-        parser.exit(2, f"error: {err}\n")
-    print(f"wrote {args.target} ({args.target.stat().st_size / 1e6:.1f} MB)")
-    return 0
+        print(f"wrote {args.target} ({args.target.stat().st_size / 1e6:.1f} MB)")
+        return 0
+
+    return run_cli(export, args.debug)
 
 
 if __name__ == "__main__":

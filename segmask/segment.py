@@ -33,8 +33,9 @@ from datasets.scene import (
     reference_ldr_file,
     write_segments,
 )
-from utils.cli import add_inert_options, inert_notes
+from utils.cli import add_debug_option, add_inert_options, inert_notes, run_cli
 from utils.image_io import read_ldr_uint8, write_png
+from utils.safe_load import load_tensors
 
 MIN_AREA = 1000
 DEFAULT_SUPERPIXELS = 32
@@ -185,7 +186,12 @@ def build_sam(model_type: str = "vit_h", checkpoint: Optional[Union[str, Path]] 
         raise ValueError(f"model_type must be one of {SAM_MODEL_TYPES}, got {model_type!r}")
     checkpoint = check_checkpoint(checkpoint if checkpoint is not None else default_checkpoint(model_type))
     model = _sam_architectures()[model_type]()
-    model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
+    state = load_tensors(checkpoint, "SAM checkpoint")
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as err:
+        raise ValueError(f"SAM checkpoint {checkpoint} does not fit --model_type {model_type}: "
+                                 f"{str(err).splitlines()[0]}") from None
     return model.to(device).eval()
 
 
@@ -291,6 +297,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--stability_score_thresh", type=float,
                         default=RELEASED_GENERATOR_SETTINGS["stability_score_thresh"])
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    add_debug_option(parser)
     add_inert_options(parser.add_argument_group("released options without effect here"), INERT_OPTIONS)
     args = parser.parse_args(argv)
     if args.model_type == "default":  # the released name of ViT-H
@@ -314,15 +321,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for note in inert_notes(args, INERT_OPTIONS):
         print(note)
     layout = scene_layout(args)
-    try:
-        propose = make_proposer(args)
-    except SamCheckpointError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    count = segment_split(args.dataset_dir, args.train_path, propose, layout, args.overwrite, args.min_area,
-                          progress=not args.no_progress)
-    print(f"{args.dataset_dir / args.train_path}: {count} segment IDs (0..{count - 1})")
-    return 0
+
+    def segment() -> int:
+        count = segment_split(args.dataset_dir, args.train_path, make_proposer(args), layout, args.overwrite,
+                              args.min_area, progress=not args.no_progress)
+        print(f"{args.dataset_dir / args.train_path}: {count} segment IDs (0..{count - 1})")
+        return 0
+
+    return run_cli(segment, args.debug)
 
 
 if __name__ == "__main__":

@@ -186,7 +186,7 @@ def _break_no_ldrs(d: Path) -> None:
     (_break_ldr_size, r"scene s: LDR .*input_3.tif is 24×41 but the LDRs are 24×40"),
     (_break_label_size, r"scene s: label .*HDRImg.hdr is 26×40 but the LDRs are 24×40"),
     (_break_masks_size, r"scene s: masks .*masks.npy is 24×39 but the LDRs are 24×40"),
-    (_break_masks_values, r"scene s: masks file .*masks.npy must hold non-negative integer IDs"),
+    (_break_masks_values, r"scene s: masks file .*masks.npy must hold integer segment IDs from 0 to 16777215"),
     (_break_unreadable_ldr, r"scene s: cannot decode image file: .*input_2.tif"),
     (_break_no_ldrs, r"scene s: no LDR files matching '\*.tif'"),
 ])

@@ -126,13 +126,13 @@ def test_foreign_and_pickled_files_are_refused(tmp_path: Path) -> None:
     torch.save({"state_dict": {}, "object": Opaque()}, tmp_path / "pickled.pth")
     with pytest.raises(CheckpointError, match="refused to load"):
         read_checkpoint(tmp_path / "pickled.pth")
-    with pytest.raises(CheckpointError, match="no such checkpoint"):
+    with pytest.raises(CheckpointError, match="no such file"):
         read_checkpoint(tmp_path / "absent.pth")
     (tmp_path / "notes.pth").write_text("not a checkpoint")
-    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
+    with pytest.raises(CheckpointError, match="not a PyTorch file"):
         read_checkpoint(tmp_path / "notes.pth")
     (tmp_path / "short.pth").write_bytes(b"hello")
-    with pytest.raises(CheckpointError, match="not a .*PyTorch checkpoint"):
+    with pytest.raises(CheckpointError, match="not a .*PyTorch file"):
         read_checkpoint(tmp_path / "short.pth")
 
 

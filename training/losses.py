@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from utils.safe_load import load_tensors
 from utils.tonemap import mu_tonemap
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -119,7 +120,7 @@ def _read_weights_file(path: Path) -> Mapping[str, Any]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    data = torch.load(path, map_location="cpu", weights_only=True)
+    data = load_tensors(path, "--vgg_weights")
     if not isinstance(data, Mapping):
         raise ValueError(f"{path}: expected a state dict, found {type(data).__name__}")
     return data

@@ -8,13 +8,14 @@ small enough for a CPU run of a few minutes.
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
 from datasets.options import add_data_options
 from training.losses import DEFAULT_LE_LAMBDA
 from training.curriculum import GUIDING_METRICS
-from utils.cli import add_device_options, add_flag, add_inert_options
+from utils.cli import add_debug_option, add_device_options, add_flag, add_inert_options, check_options
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
@@ -33,6 +34,37 @@ INERT_OPTIONS: dict[str, tuple[Any, str]] = {
     "lr_decay": (True, "the cosine schedule always runs, as in the released scripts"),
 }
 """Released options that change nothing here (see ``utils.cli.add_inert_options``)."""
+
+
+def _finite(value: float) -> bool:
+    return math.isfinite(value)
+
+
+def _positive(value: float) -> bool:
+    return math.isfinite(value) and value > 0
+
+
+def _unit(value: float) -> bool:
+    return 0.0 <= value <= 1.0
+
+
+OPTION_RULES = {
+    **{name: (_positive, "a positive whole number") for name in (
+        "batch_size", "train_patch_size", "repeat", "epochs", "metric_guided_interval", "test_interval",
+        "save_interval", "max_steps", "start_epoch", "embed_dim", "window_size", "depths", "num_heads")},
+    "num_workers": (lambda v: v >= 0, "0 (read in the training process) or more worker processes"),
+    "phase1_epochs": (lambda v: v >= 0, "0 or more epochs"),
+    "lr": (_positive, "a positive finite learning rate"),
+    "lr_min": (lambda v: math.isfinite(v) and v >= 0, "a finite learning rate >= 0"),
+    "max_mask_ratio": (_unit, "a mask ratio in [0, 1]"),
+    "constant_mask_ratio": (_unit, "a mask ratio in [0, 1]"),
+    "adl_drop_rate": (_unit, "a probability in [0, 1]"),
+    "drop_path_rate": (lambda v: 0.0 <= v < 1.0, "a probability in [0, 1)"),
+    "le_lambda": (lambda v: math.isfinite(v) and v >= 0, "a finite weight >= 0"),
+    "mask_temperature": (_finite, "a finite temperature"),
+    "loss_temperature": (_finite, "a finite temperature"),
+}
+"""What each numeric option means, checked when the command line is parsed."""
 
 
 def build_parser(phase: int) -> argparse.ArgumentParser:
@@ -98,7 +130,9 @@ def build_parser(phase: int) -> argparse.ArgumentParser:
     run.add_argument("--resume", type=Path, default=None,
                      help="checkpoint (or run folder: its last.pth) to continue from (a phase-1 checkpoint for phase 2); "
                           "<logdir>/last.pth, when present, is used first unless --restart")
-    run.add_argument("--restart", action="store_true", help="ignore <logdir>/last.pth")
+    run.add_argument("--restart", action="store_true",
+                     help="start over instead of continuing <logdir>/last.pth; the previous run's checkpoints and "
+                          "log are moved aside to <logdir>/replaced_<date-time>/, never overwritten")
     run.add_argument("--finetune_from", type=Path, default=None,
                      help="load these weights and train only the shallow extractor conv_first (5.28 %% of the "
                           "default network), as the paper adapts a model to another exposure count")
@@ -113,6 +147,7 @@ def build_parser(phase: int) -> argparse.ArgumentParser:
     run.add_argument("--save_interval", type=int, default=50, help="epochs between kept epoch_NNNN.pth files")
     run.add_argument("--max_steps", type=int, default=None, help="stop each epoch after this many steps (smoke runs)")
     run.add_argument("--no_progress", action="store_true", help="no progress bars")
+    add_debug_option(parser)
     add_inert_options(parser.add_argument_group("released options without effect here"), INERT_OPTIONS)
     return parser
 
@@ -124,13 +159,18 @@ def parse_args(phase: int, argv: Sequence[str] | None = None) -> argparse.Namesp
     parser.set_defaults(**PRESETS[known.preset])
     args = parser.parse_args(argv)
     args.phase = phase
+    check_options(parser, args, OPTION_RULES)
     if len(args.depths) != len(args.num_heads):
         parser.error(f"--depths {args.depths} and --num_heads {args.num_heads} differ in length")
+    if any(args.embed_dim % heads for heads in args.num_heads):
+        parser.error(f"--num_heads {args.num_heads} must divide --embed_dim {args.embed_dim}")
     if not 0 <= args.phase1_epochs <= args.epochs:
         parser.error(f"need 0 <= --phase1_epochs ({args.phase1_epochs}) <= --epochs ({args.epochs})")
-    for name in ("batch_size", "train_patch_size", "repeat", "metric_guided_interval", "test_interval", "save_interval"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be positive")
+    if args.lr_min > args.lr:
+        parser.error(f"--lr_min {args.lr_min} is above --lr {args.lr}: the schedule falls from --lr to --lr_min")
+    for name in ("logdir",):
+        if getattr(args, name).exists() and not getattr(args, name).is_dir():
+            parser.error(f"--{name} {getattr(args, name)} is a file, not a folder")
     return args
 
 

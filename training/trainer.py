@@ -22,15 +22,15 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
 from tqdm import tqdm
 
 from datasets import HDRFullImageDataset, HDRTrainDataset
 from datasets.options import cache_mode, scene_layout
 from datasets.preprocess import reference_ldr
 from evaluation.evaluate import evaluate_scenes
+from evaluation.tables import mean_metrics
 from models.checkpoint import (
-    CheckpointError,
     atomic_save,
     model_from_checkpoint,
     read_checkpoint,
@@ -53,7 +53,7 @@ from training.curriculum import (
     segment_psnr_mu,
     update_tables,
 )
-from training.losses import HDRLoss, VGGWeightsNotFoundError, build_loss
+from training.losses import HDRLoss, build_loss
 from training.masking import build_loss_map, build_mask_map
 from training.options import INERT_OPTIONS, model_config, parse_args
 from training.resume import (
@@ -68,7 +68,7 @@ from training.resume import (
     seed_everything,
 )
 from utils import distributed
-from utils.cli import inert_notes
+from utils.cli import RunFailed, UsageError, describe_os_error, inert_notes, run_cli
 from utils.tonemap import mu_tonemap
 
 LOG = logging.getLogger("smhdr.train")
@@ -106,13 +106,36 @@ def init_released_weights(model: nn.Module, std: float = 0.02) -> None:
                 nn.init.zeros_(module.bias)
 
 
-def count_segment_ids(dataset: HDRFullImageDataset) -> int:
-    """Size of the per-segment tables: the largest segment ID of the split plus one."""
+def count_segment_ids(dataset: HDRFullImageDataset, crop: int = 0, progress: bool = False) -> int:
+    """Size of the per-segment tables: the largest segment ID of the split plus one. Every scene
+    is decoded (and validated) on the way, and must be at least ``crop`` pixels on each side."""
     largest = -1
-    for index in range(len(dataset)):
-        segments = dataset.load_scene(index).segments
-        largest = max(largest, int(np.max(segments)))
+    for scene in dataset.scenes(progress):
+        if min(scene.size) < crop:
+            raise UsageError(f"scene {scene.path}: {scene.size[0]}×{scene.size[1]} is smaller than the "
+                             f"--train_patch_size {crop} crop; lower --train_patch_size")
+        largest = max(largest, int(np.max(scene.segments)))
     return largest + 1
+
+
+def move_previous_run_aside(logdir: Path) -> Path | None:
+    """Move the checkpoints, log and TensorBoard events of an earlier run in ``logdir`` into
+    ``logdir/replaced_<date-time>/``; returns that folder (None when there was nothing)."""
+    previous = [p for p in logdir.glob("*.pth")] + [p for p in (logdir / "train.log", logdir / "tensorboard")
+                                                     if p.exists()]
+    if not previous:
+        return None
+    target = logdir / time.strftime("replaced_%Y%m%d-%H%M%S")
+    target.mkdir()
+    for path in previous:
+        path.rename(target / path.name)
+    return target
+
+
+def weights_are_finite(parameters: Sequence[torch.Tensor]) -> bool:
+    """Whether every weight is finite (one reduction and one device synchronisation)."""
+    norms = torch._foreach_norm([p.detach() for p in parameters], ord=float("inf"))
+    return bool(torch.isfinite(torch.stack(norms)).all())
 
 
 # ----------------------------------------------------------------------------- the steps
@@ -211,7 +234,10 @@ class Trainer:
         self.device = self.process.device
         self.logdir = Path(args.logdir)
         self.state = RunState()
+        replaced = move_previous_run_aside(self.logdir) if args.restart and self.process.is_main else None
         self._setup_logging()
+        if replaced is not None:
+            self.log(f"--restart: the previous run's checkpoints and log were moved to {replaced}")
         self.amp, amp_note = resolve_amp(args.amp, self.device)
         if amp_note:
             self.log(f"note: {amp_note}")
@@ -223,9 +249,24 @@ class Trainer:
                                          with_masks=True, cache=cache, layout=layout)
         self.guided_set = HDRFullImageDataset(args.dataset_dir, args.train_path, with_masks=True, cache=cache,
                                               layout=layout)
-        self.test_set = HDRFullImageDataset(args.dataset_dir, args.test_path, cache=cache, layout=layout) \
-            if (Path(args.dataset_dir) / args.test_path).is_dir() else None
-        self.tables = SegmentTables(count_segment_ids(self.guided_set), device=self.device)
+        self.test_set = None
+        if args.test_path.lower() != "none":
+            if not (Path(args.dataset_dir) / args.test_path).is_dir():
+                raise UsageError(f"--test_path {args.test_path}: no folder {Path(args.dataset_dir) / args.test_path}; "
+                                 "pass --test_path none to train without evaluating (and without best.pth)")
+            self.test_set = HDRFullImageDataset(args.dataset_dir, args.test_path, cache=cache, layout=layout)
+        progress = not args.no_progress and self.process.is_main
+        self.tables = SegmentTables(count_segment_ids(self.guided_set, args.train_patch_size, progress),
+                                    device=self.device)
+        if self.test_set is not None:  # decoded once now: a broken test file stops the run before the first step
+            for _ in self.test_set.scenes(progress):
+                pass
+        crops = len(self.train_set) // self.process.world_size
+        if crops < args.batch_size:
+            raise UsageError(f"an epoch holds {crops} crops ({len(self.train_set.scene_dirs)} scenes × --repeat "
+                             f"{args.repeat}{' per process' if self.process.distributed else ''}), fewer than "
+                             f"--batch_size {args.batch_size}: not one step would run; lower --batch_size or "
+                             "raise --repeat")
 
         seed_everything(args.seed)
         self.loss_fn = build_loss(args.le_lambda, args.vgg_weights).to(self.device)
@@ -317,6 +358,10 @@ class Trainer:
         args = self.args
         self._resume_data: dict[str, Any] | None = None
         default_start = 1 if args.phase == 1 else args.phase1_epochs + 1
+        if args.phase == 2 and args.finetune_from is None and args.resume is None \
+                and not (self.logdir / "last.pth").is_file():
+            self.log("WARNING: phase 2 without --resume starts from random weights, not from a phase-1 network "
+                     "(pass --resume <phase-1 checkpoint or run folder>)")
         if args.finetune_from is not None:
             self._build_model(args.finetune_from)
             self.log(f"weights from {args.finetune_from}")
@@ -381,11 +426,15 @@ class Trainer:
         if not self.process.is_main:
             return
         data = self.checkpoint(epoch)
-        atomic_save(data, self.logdir / "last.pth")
-        if improved:
-            atomic_save(data, self.logdir / "best.pth")
+        names = ["last.pth"] + ["best.pth"] * improved
         if epoch % self.args.save_interval == 0 or epoch == self.last_epoch:
-            atomic_save(data, self.logdir / f"epoch_{epoch:04d}.pth")
+            names.append(f"epoch_{epoch:04d}.pth")
+        for name in names:
+            try:
+                atomic_save(data, self.logdir / name)
+            except OSError as err:
+                raise RunFailed(f"epoch {epoch}: cannot write {self.logdir / name}: {describe_os_error(err)}; "
+                                "the previous checkpoints are intact") from None
 
     # -- epochs
 
@@ -442,9 +491,15 @@ class Trainer:
                                  self.device, self.amp, self.scaler, generator,
                                  whole_crop_masking=args.mask_choice == 0)
             steps += 1
-            if not torch.isfinite(last["loss"]):
-                raise FloatingPointError(f"epoch {epoch}, step {step + 1}: the loss is {float(last['loss'])}; "
-                                         "lower --lr or train in float32")
+            finite = bool(torch.isfinite(last["loss"])) and weights_are_finite(self.optimizer.param_groups[0]["params"])
+            if not distributed.all_ranks_ok(finite, self.device):
+                what = f"the loss is {float(last['loss'])}" if not torch.isfinite(last["loss"]) else \
+                    "the weights became non-finite" if not finite else "another process's loss or weights became non-finite"
+                kept = f"{self.logdir / 'last.pth'} keeps epoch {self.state.epoch}" if self.state.epoch else \
+                    "no checkpoint was written"
+                raise RunFailed(f"epoch {epoch}, step {step + 1}: {what}; nothing of this epoch was saved ({kept}). "
+                                f"Lower --lr (now {args.lr:g})" + (" or train in float32 (--amp none)"
+                                                                    if self.amp else ""))
             for key in sums:
                 sums[key] += float(last[key])
             bar.set_postfix(loss=f"{sums['loss'] / (step + 1):.4f}", R=f"{ratio:.2f}")
@@ -460,9 +515,10 @@ class Trainer:
         return stats
 
     def evaluate(self) -> dict[str, float]:
-        """Test-split means (rank 0 only) with the evaluation module's metrics; the first
-        scene and its prediction are kept for TensorBoard."""
-        if self.test_set is None or not self.process.is_main:
+        """Test-split means with the evaluation module's metrics. Under torchrun each process
+        takes every world_size-th scene and the per-scene rows are gathered, so no process waits
+        for another's whole evaluation. Rank 0 keeps its first scene and prediction for TensorBoard."""
+        if self.test_set is None:
             return {}
 
         def keep_first(sample: Mapping[str, Any], prediction: torch.Tensor) -> None:
@@ -470,9 +526,10 @@ class Trainer:
                 self._first_test_scene = (sample, prediction)
 
         self._first_test_scene = None
-        result = evaluate_scenes(unwrap(self.model), self.test_set, self.device, InferenceSettings(amp=self.amp),
-                                 progress=not self.args.no_progress, on_scene=keep_first)
-        return result.table.means()
+        mine = Subset(self.test_set, range(self.process.rank, len(self.test_set), self.process.world_size))
+        result = evaluate_scenes(unwrap(self.model), mine, self.device, InferenceSettings(amp=self.amp),
+                                 progress=not self.args.no_progress and self.process.is_main, on_scene=keep_first)
+        return mean_metrics(distributed.gather_objects(result.table.rows))
 
     def write_scalars(self, epoch: int, stats: Mapping[str, float], metrics: Mapping[str, float]) -> None:
         if self.writer is None:
@@ -530,8 +587,13 @@ class Trainer:
             self.log(f"epoch {epoch}: loss {stats['loss']:.5f} (l1 {stats['l1']:.5f}, perceptual "
                      f"{stats['perceptual']:.4f}), lr {stats['lr']:.2e}, mask ratio {stats['mask_ratio']:.3f}, "
                      f"{stats['samples_per_second']:.1f} samples/s{tested}")
-            self.save(epoch, improved)
-            distributed.barrier()
+            failure: RunFailed | None = None
+            try:
+                self.save(epoch, improved)
+            except RunFailed as err:
+                failure = err
+            if not distributed.all_ranks_ok(failure is None, self.device):  # also the end-of-epoch barrier
+                raise failure or RunFailed(f"epoch {epoch}: the main process could not save its checkpoint")
         if self.writer is not None:
             self.writer.close()
         return self.state
@@ -542,14 +604,12 @@ def main(phase: int, argv: Sequence[str] | None = None) -> int:
     args = parse_args(phase, argv)
     for note in inert_notes(args, INERT_OPTIONS):
         print(note)
-    try:
-        trainer = Trainer(args)
-    except (VGGWeightsNotFoundError, CheckpointError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        distributed.cleanup()
-        return 2
-    try:
-        trainer.run()
-    finally:
-        distributed.cleanup()
-    return 0
+
+    def train() -> int:
+        try:
+            Trainer(args).run()
+        finally:
+            distributed.cleanup()
+        return 0
+
+    return run_cli(train, args.debug)

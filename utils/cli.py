@@ -3,7 +3,9 @@ exit-code contract (0 done, 1 a checkpoint failed, 2 unusable input)."""
 from __future__ import annotations
 
 import argparse
-from typing import Any, Mapping
+import errno
+import sys
+from typing import Any, Callable, Mapping
 
 EXIT_OK = 0
 EXIT_FAILED_CHECKPOINT = 1
@@ -13,6 +15,70 @@ AMP_CHOICES = ("none", "bf16", "fp16")
 
 class UsageError(ValueError):
     """Options or inputs that cannot be used; reported in one line, without a traceback."""
+
+    exit_code = EXIT_USAGE
+
+
+class RunFailed(RuntimeError):
+    """A run that cannot go on (training that diverged, a full disk); reported in one line."""
+
+    exit_code = EXIT_FAILED_CHECKPOINT
+
+
+def describe_os_error(err: OSError) -> str:
+    """One line for a failed file operation, naming the file."""
+    where = f" ({err.filename})" if err.filename else ""
+    if err.errno == errno.ENOSPC:
+        return f"no space left on the device{where}: free some space and run again"
+    return f"{err.strerror or err}{where}" if err.strerror else str(err)
+
+
+def run_cli(body: Callable[[], int], debug: bool = False) -> int:
+    """Run an entry point's body and turn the user's mistakes into one ``error:`` line and an exit
+    code: unusable options or inputs (``ValueError`` and its kinds: scenes, checkpoints, ...) → 2,
+    or the error's own ``exit_code`` (1 for a checkpoint that failed); a run that failed or a file
+    operation that failed → 1 (2 for a missing file). Anything else is a bug of ours and keeps its
+    traceback; ``debug`` keeps the traceback for everything."""
+    try:
+        return body()
+    except (ValueError, RunFailed) as err:
+        if debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return getattr(err, "exit_code", EXIT_USAGE)
+    except OSError as err:
+        if debug:
+            raise
+        print(f"error: {describe_os_error(err)}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(err, (FileNotFoundError, NotADirectoryError, IsADirectoryError)) else 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def add_debug_option(parser: argparse.ArgumentParser) -> None:
+    """``--debug``: show the traceback of every error (for reporting a bug)."""
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks instead of one-line errors")
+
+
+def check_options(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                  rules: Mapping[str, tuple[Callable[[Any], bool], str]]) -> None:
+    """Validate numeric options against their meaning at parse time: ``{name: (test, what)}``;
+    a value failing ``test`` stops the parser with ``--name: got V, expected what`` (exit 2)."""
+    for name, (test, what) in rules.items():
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if not all(_passes(test, v) for v in values):
+            parser.error(f"--{name}: got {value}, expected {what}")
+
+
+def _passes(test: Callable[[Any], bool], value: Any) -> bool:
+    try:
+        return bool(test(value))
+    except (TypeError, ValueError):
+        return False
 
 
 def str2bool(value: str | bool) -> bool:

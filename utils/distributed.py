@@ -33,7 +33,10 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     also told to keep freed memory for reuse (``utils.cpu_memory``)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name}: not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"--device {name}: CUDA is not available on this machine")
@@ -46,14 +49,40 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
 
 def init_process(device_name: str = "auto") -> ProcessInfo:
-    """Join the process group when launched by ``torchrun`` (NCCL on CUDA, gloo on the CPU)."""
+    """Join the process group when launched by ``torchrun`` (NCCL on CUDA, gloo on the CPU).
+
+    Under torchrun every rank takes the GPU of its ``LOCAL_RANK``: ``--device cuda:N`` would put
+    every rank on GPU N, and is refused."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if world_size > 1 and ":" in device_name:
+        raise ValueError(f"--device {device_name} under torchrun would put all {world_size} processes on one GPU; "
+                         "pass --device cuda (or auto): each process takes the GPU of its LOCAL_RANK")
     device = resolve_device(device_name, local_rank)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return ProcessInfo(rank, world_size, local_rank, device)
+
+
+def all_ranks_ok(ok: bool, device: torch.device) -> bool:
+    """Whether ``ok`` holds on every rank (one all-reduce; the value itself outside torchrun):
+    every rank then takes the same branch, so a failure seen by one rank stops them all at the
+    same point instead of leaving the others waiting in the next collective."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return ok
+    flag = torch.tensor([1 if ok else 0], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def gather_objects(items: list) -> list:
+    """Every rank's ``items`` concatenated in rank order (the items themselves outside torchrun)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return list(items)
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, list(items))
+    return [item for part in gathered for item in part]
 
 
 def synchronize(device: torch.device) -> None:

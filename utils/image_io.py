@@ -13,6 +13,8 @@ from typing import Union
 import cv2
 import numpy as np
 
+from utils.atomic_io import atomic_path
+
 PathType = Union[str, PathLike]
 
 _LDR_SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): float(2**16)}
@@ -51,11 +53,12 @@ def _to_rgb(image: np.ndarray, path: PathType) -> np.ndarray:
 
 
 def _imwrite(path: PathType, image: np.ndarray) -> None:
-    """cv2.imwrite that creates the parent folder and raises on failure."""
+    """cv2.imwrite through a temporary file (``utils.atomic_io``): the parent folder is created,
+    a failure raises, and no half-written image is ever left at ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), image):
-        raise ImageWriteError(f"cannot write image file: {path}")
+    with atomic_path(path) as temporary:
+        if not cv2.imwrite(str(temporary), image):
+            raise ImageWriteError(f"cannot write image file: {path} (full disk or unsupported format?)")
 
 
 def _check_rgb(rgb: np.ndarray, path: PathType) -> None:

@@ -1,0 +1,118 @@
+"""Scenes from real radiance maps: layout, clipping, split by source, determinism, label, motion."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from datasets import HDRFullImageDataset, list_scenes, load_scene
+from datasets.preprocess import exposure_times
+from datasets.real_scenes import (RADIANCE_DIR, TEST_SOURCES, load_radiance_maps, main, make_real_dataset,
+                                  render_real_scene, split_sources)
+from datasets.synthetic import SATURATED_RANGE, saturated_fraction
+
+SIZE = (64, 80)
+
+
+@pytest.fixture(scope="module")
+def real_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """4 Training and 3 Test scenes of 64×80 from the repository's radiance maps."""
+    out = tmp_path_factory.mktemp("real") / "data"
+    make_real_dataset(out, num_train=4, num_test=3, size=SIZE, seed=5)
+    return out
+
+
+def test_radiance_maps_are_in_the_repository():
+    maps = load_radiance_maps()
+    assert len(maps) >= 10 and set(TEST_SOURCES) <= set(maps)
+    for image in maps.values():
+        assert image.dtype == np.float32 and image.ndim == 3 and max(image.shape[:2]) <= 1024
+        assert np.isfinite(image).all() and image.min() >= 0
+    assert (RADIANCE_DIR / "LICENSE-blender-studiolights.txt").is_file()
+    assert (RADIANCE_DIR / "LICENSE-ILM-OpenEXR.txt").is_file()
+
+
+def test_scenes_load_in_the_benchmark_layout(real_dataset):
+    for split, count in (("Training", 4), ("Test", 3)):
+        scenes = list_scenes(real_dataset, split)
+        assert len(scenes) == count
+        for scene_dir in scenes:
+            assert sorted(p.name for p in scene_dir.iterdir()) == [
+                "HDRImg.hdr", "exposure.txt", "input_1.tif", "input_2.tif", "input_3.tif"]
+            scene = load_scene(scene_dir)
+            assert scene.size == SIZE and scene.num_exposures == 3
+            assert np.diff(scene.exposures).tolist() in ([2.0, 2.0], [3.0, 3.0]) and scene.exposures[0] == 0
+            assert 0.0 <= scene.label.min() and scene.label.max() <= 1.0
+        dataset = HDRFullImageDataset(real_dataset, split, cache="memory")
+        sample = dataset[0]
+        assert tuple(sample["input"].shape) == (18,) + SIZE and tuple(sample["label"].shape) == (3,) + SIZE
+
+
+def test_reference_exposure_clips_as_in_the_benchmarks(real_dataset):
+    low, high = SATURATED_RANGE
+    for split in ("Training", "Test"):
+        for scene_dir in list_scenes(real_dataset, split):
+            scene = load_scene(scene_dir)
+            assert low <= saturated_fraction(scene.ldrs[scene.reference_index]) <= high, scene_dir
+
+
+def test_training_and_test_scenes_never_share_a_source(real_dataset):
+    record = json.loads((real_dataset / "scenes.json").read_text())
+    used = {split: {name for scene in scenes.values() for name in [scene["background"], *scene["objects"]]}
+            for split, scenes in record.items()}
+    assert used["Test"] <= set(TEST_SOURCES)
+    assert not used["Training"] & used["Test"]
+    for scenes in record.values():
+        assert all(scene["background"] not in scene["objects"] for scene in scenes.values())
+    names = list(load_radiance_maps())
+    assert not set(split_sources(names, "Training")) & set(split_sources(names, "Test"))
+
+
+def test_generation_is_deterministic_in_the_seed(real_dataset, tmp_path):
+    again = tmp_path / "again"
+    make_real_dataset(again, num_train=2, num_test=1, size=SIZE, seed=5)
+    other = tmp_path / "other"
+    make_real_dataset(other, num_train=1, num_test=0, size=SIZE, seed=6)
+    for split, name in (("Training", "scene_0001"), ("Training", "scene_0002"), ("Test", "scene_0001")):
+        for file in ("input_1.tif", "input_3.tif", "HDRImg.hdr", "exposure.txt"):
+            assert (again / split / name / file).read_bytes() == (real_dataset / split / name / file).read_bytes()
+    first = "Training/scene_0001/input_2.tif"
+    assert (other / first).read_bytes() != (real_dataset / first).read_bytes()
+
+
+def test_label_is_the_reference_radiance_where_not_clipped(real_dataset):
+    for split in ("Training", "Test"):
+        for scene_dir in list_scenes(real_dataset, split):
+            scene = load_scene(scene_dir)
+            ref = scene.reference_index
+            ldr = scene.ldrs[ref]
+            radiance = ldr**2.2 / float(exposure_times(scene.exposures)[ref])
+            well_exposed = (ldr > 0.15).all(axis=2) & (ldr < 0.9).all(axis=2)
+            # relative to the pixel's brightest channel: the label's RGBE encoding shares one exponent
+            error = np.abs(radiance - scene.label).max(axis=2) / np.maximum(scene.label.max(axis=2), 1e-6)
+            assert well_exposed.mean() > 0.05
+            assert np.median(error[well_exposed]) < 0.03 and np.mean(error[well_exposed] > 0.1) < 0.01, scene_dir
+
+
+def test_objects_move_between_exposures():
+    """A green object over a grey ramp: its footprint differs from frame to frame."""
+    ramp = np.repeat(np.geomspace(0.01, 1.0, 200, dtype=np.float32)[None, :, None], 160, axis=0)
+    maps = {"grey": np.repeat(ramp, 3, axis=2), "green": np.zeros((160, 200, 3), np.float32)}
+    maps["green"][..., 1] = 1.0
+    size = (96, 128)
+    for seed in range(3):
+        scene = render_real_scene(np.random.default_rng(seed), maps, "grey", ["green"], size, (0.0, 2.0, 4.0))
+        masks = [(ldr[..., 1] > 2 * ldr[..., 0] + 0.05) for ldr in scene.ldrs]
+        assert all(mask.sum() > 20 for mask in masks)
+        for a, b in ((masks[0], masks[1]), (masks[1], masks[2])):
+            assert (a ^ b).sum() / (a | b).sum() > 0.2
+
+
+def test_command_line_with_fixed_exposures(tmp_path):
+    main(["--out", str(tmp_path / "cli"), "--train", "1", "--test", "1", "--size", "48", "64",
+          "--exposures", "0", "3", "6"])
+    for split in ("Training", "Test"):
+        scene = load_scene(list_scenes(tmp_path / "cli", split)[0])
+        assert scene.exposures.tolist() == [0.0, 3.0, 6.0] and scene.size == (48, 64)
