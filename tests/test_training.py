@@ -213,3 +213,30 @@ def test_two_gloo_ranks_end_with_identical_weights(dataset, tmp_path):
     assert not torch.all(rank0["weight"] == 1)
     assert (tmp_path / "run" / "last.pth").is_file()
     assert math.isfinite(read_checkpoint(tmp_path / "run" / "last.pth")["history"][-1]["loss"])
+
+
+def _diverging_worker(rank: int, world_size: int, port: int, dataset: str, logdir: str, out: str) -> None:
+    """Rank 1's loss turns infinite at its first step; rank 0's stays finite."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world_size))
+    torch.set_num_threads(1)
+    import training.trainer as trainer_module
+
+    real_step = trainer_module.training_step
+
+    def step(*args, **kwargs):
+        result = real_step(*args, **kwargs)
+        if rank == 1:
+            result["loss"] = torch.tensor(float("inf"))
+        return result
+
+    trainer_module.training_step = step
+    code = main(1, ["--dataset_dir", dataset, "--logdir", logdir, *FAST, "--device", "cpu",
+                    "--phase1_epochs", "1", "--epochs", "1"])
+    Path(out, f"rank{rank}.code").write_text(str(code))
+
+
+def test_a_failure_on_one_rank_ends_every_rank(dataset, tmp_path):
+    mp.spawn(_diverging_worker, args=(2, _free_port(), str(dataset), str(tmp_path / "run"), str(tmp_path)), nprocs=2)
+    assert [(tmp_path / f"rank{r}.code").read_text() for r in (0, 1)] == ["1", "1"]
+    assert not (tmp_path / "run" / "last.pth").exists()
