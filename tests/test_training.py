@@ -6,6 +6,7 @@ import functools
 import math
 import os
 import socket
+import warnings
 from pathlib import Path
 
 import pytest
@@ -198,9 +199,12 @@ def _ddp_worker(rank: int, world_size: int, port: int, dataset: str, logdir: str
     torch.set_num_threads(1)
     trainer = Trainer(parse_args(1, ["--dataset_dir", dataset, "--logdir", logdir, *FAST, "--device", "cpu",
                                      "--phase1_epochs", "2", "--epochs", "2", "--metric_guided_interval", "2"]))
-    trainer.run()
-    torch.save({"state": trainer.model.state_dict(), "weight": trainer.tables.weight},
-               Path(out) / f"rank{rank}.pt")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.run()
+    stride_warnings = sum("strides" in str(w.message) for w in caught)
+    torch.save({"state": trainer.model.state_dict(), "weight": trainer.tables.weight,
+                "stride_warnings": stride_warnings}, Path(out) / f"rank{rank}.pt")
     torch.distributed.destroy_process_group()
 
 
@@ -210,6 +214,7 @@ def test_two_gloo_ranks_end_with_identical_weights(dataset, tmp_path):
     for key, value in rank0["state"].items():
         assert torch.equal(value, rank1["state"][key]), key
     assert torch.equal(rank0["weight"], rank1["weight"])  # merged guided tables
+    assert rank0["stride_warnings"] == rank1["stride_warnings"] == 0  # gradients land in DDP's buckets as they are
     assert not torch.all(rank0["weight"] == 1)
     assert (tmp_path / "run" / "last.pth").is_file()
     assert math.isfinite(read_checkpoint(tmp_path / "run" / "last.pth")["history"][-1]["loss"])
@@ -240,3 +245,11 @@ def test_a_failure_on_one_rank_ends_every_rank(dataset, tmp_path):
     mp.spawn(_diverging_worker, args=(2, _free_port(), str(dataset), str(tmp_path / "run"), str(tmp_path)), nprocs=2)
     assert [(tmp_path / f"rank{r}.code").read_text() for r in (0, 1)] == ["1", "1"]
     assert not (tmp_path / "run" / "last.pth").exists()
+
+
+def test_an_indexed_cuda_device_under_torchrun_is_refused(monkeypatch):
+    from utils.distributed import init_process
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="LOCAL_RANK"):
+        init_process("cuda:1")

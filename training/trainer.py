@@ -132,6 +132,20 @@ def move_previous_run_aside(logdir: Path) -> Path | None:
     return target
 
 
+def match_gradient_layout(model: nn.Module) -> None:
+    """Lay out depthwise convolution weights (C×1×k×k) the way their gradients come out of the
+    channels-last convolutions, stride 1 on the size-1 axis. DDP copies every gradient into its
+    bucket view when the strides differ (and warns "grad strides do not match bucket view
+    strides"); with equal strides it does not."""
+    for parameter in model.parameters():
+        if parameter.dim() == 4 and parameter.shape[1] == 1:
+            height, width = parameter.shape[-2:]
+            # written out: PyTorch counts the C×1×k×k weight as channels-last already and would not copy
+            restrided = torch.empty_strided(parameter.shape, (height * width, 1, width, 1), dtype=parameter.dtype,
+                                            device=parameter.device)
+            parameter.data = restrided.copy_(parameter.data)
+
+
 def weights_are_finite(parameters: Sequence[torch.Tensor]) -> bool:
     """Whether every weight is finite (one reduction and one device synchronisation)."""
     norms = torch._foreach_norm([p.detach() for p in parameters], ord=float("inf"))
@@ -317,6 +331,7 @@ class Trainer:
         if self.args.compile:
             model = torch.compile(model)
         if self.process.distributed:
+            match_gradient_layout(model)
             ids = [self.device.index] if self.device.type == "cuda" else None
             # norm1_y of every block is never used by the released network (docs/METHOD.md).
             model = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
