@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -37,7 +36,8 @@ from utils.image_io import read_hdr
 
 from .preprocess import GAMMA, exposure_times
 from .scene import PathLike
-from .synthetic import (SATURATED_RANGE, SATURATION_LEVEL, Brightness, SyntheticScene, expose,
+from .synthetic import (SATURATED_RANGE, SATURATION_LEVEL, Brightness, SyntheticScene, empty_split_folder, expose,
+                        generator_parser,
                         saturated_fraction, write_scene)
 
 RADIANCE_DIR = Path(__file__).resolve().parent / "radiance"
@@ -246,12 +246,7 @@ def make_real_dataset(out_dir: PathLike, num_train: int, num_test: int, size: tu
     maps = load_radiance_maps(radiance_dir)
     record: dict[str, dict[str, dict]] = {}
     for split, count in (("Training", num_train), ("Test", num_test)):
-        split_dir = out_dir / split
-        if split_dir.exists() and any(split_dir.iterdir()):
-            if not overwrite:
-                raise FileExistsError(f"{split_dir} is not empty (pass overwrite=True / --overwrite to replace it)")
-            shutil.rmtree(split_dir)
-        split_dir.mkdir(parents=True, exist_ok=True)
+        split_dir = empty_split_folder(out_dir, split, overwrite)
         sources = split_sources(list(maps), split)
         record[split] = {}
         for index in tqdm(range(count), desc=f"{split} scenes", disable=not progress):
@@ -269,12 +264,7 @@ def make_real_dataset(out_dir: PathLike, num_train: int, num_test: int, size: tu
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Generate multi-exposure scenes from real radiance maps.")
-    parser.add_argument("--out", required=True, type=Path, help="dataset folder (Training/ and Test/ are created)")
-    parser.add_argument("--train", type=int, default=64, help="number of training scenes")
-    parser.add_argument("--test", type=int, default=6, help="number of test scenes")
-    parser.add_argument("--size", type=int, nargs=2, default=(256, 320), metavar=("H", "W"), help="image size")
-    parser.add_argument("--seed", type=int, default=0)
+    parser = generator_parser("Generate multi-exposure scenes from real radiance maps.", 64, 6, (256, 320))
     stops = parser.add_mutually_exclusive_group()
     stops.add_argument("--exposures", type=float, nargs="+", default=None,
                        help="fixed exposure stops for every scene, shortest first (e.g. 0 2 4)")

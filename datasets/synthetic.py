@@ -299,6 +299,18 @@ def write_scene(scene_dir: PathLike, scene: SyntheticScene) -> None:
     write_hdr(scene_dir / "HDRImg.hdr", scene.label)
 
 
+def empty_split_folder(out_dir: Path, split: str, overwrite: bool) -> Path:
+    """``out_dir/split``, created empty; an existing non-empty one is an error unless
+    ``overwrite`` (which deletes it)."""
+    split_dir = out_dir / split
+    if split_dir.exists() and any(split_dir.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{split_dir} is not empty (pass overwrite=True / --overwrite to replace it)")
+        shutil.rmtree(split_dir)
+    split_dir.mkdir(parents=True, exist_ok=True)
+    return split_dir
+
+
 def make_dataset(out_dir: PathLike, num_train: int, num_test: int, size: tuple[int, int] = (256, 256),
                  seed: int = 0, exposures: Sequence[float] = DEFAULT_EXPOSURES,
                  from_hdr: Sequence[PathLike] = (), overwrite: bool = False, progress: bool = False) -> Path:
@@ -310,12 +322,7 @@ def make_dataset(out_dir: PathLike, num_train: int, num_test: int, size: tuple[i
     out_dir = Path(out_dir)
     backgrounds = [read_hdr(path) for path in from_hdr]
     for split, count in (("Training", num_train), ("Test", num_test)):
-        split_dir = out_dir / split
-        if split_dir.exists() and any(split_dir.iterdir()):
-            if not overwrite:
-                raise FileExistsError(f"{split_dir} is not empty (pass overwrite=True / --overwrite to replace it)")
-            shutil.rmtree(split_dir)
-        split_dir.mkdir(parents=True, exist_ok=True)
+        split_dir = empty_split_folder(out_dir, split, overwrite)
         for index in tqdm(range(count), desc=f"{split} scenes", disable=not progress):
             rng = np.random.default_rng([seed, _SPLITS[split], index])
             background = backgrounds[index % len(backgrounds)] if backgrounds else None
@@ -324,13 +331,19 @@ def make_dataset(out_dir: PathLike, num_train: int, num_test: int, size: tuple[i
     return out_dir
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Generate a multi-exposure HDR dataset in the benchmark layout.")
+def generator_parser(description: str, train: int, test: int, size: tuple[int, int]) -> argparse.ArgumentParser:
+    """The options every scene generator takes: where, how many, how large, which seed."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--out", required=True, type=Path, help="dataset folder (Training/ and Test/ are created)")
-    parser.add_argument("--train", type=int, default=8, help="number of training scenes")
-    parser.add_argument("--test", type=int, default=3, help="number of test scenes")
-    parser.add_argument("--size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"), help="image size")
+    parser.add_argument("--train", type=int, default=train, help="number of training scenes")
+    parser.add_argument("--test", type=int, default=test, help="number of test scenes")
+    parser.add_argument("--size", type=int, nargs=2, default=size, metavar=("H", "W"), help="image size")
     parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = generator_parser("Generate a multi-exposure HDR dataset in the benchmark layout.", 8, 3, (256, 256))
     parser.add_argument("--exposures", type=float, nargs="+", default=list(DEFAULT_EXPOSURES),
                         help="exposure stops, shortest first (e.g. 0 3 6)")
     parser.add_argument("--from_hdr", type=Path, nargs="*", default=[],
