@@ -4,6 +4,7 @@ the machine's matmul FLOP/s (measured before each timed call, see ``benchmarks.c
     python -m benchmarks.bench_model                       # CPU, 128² and 256², float32
     python -m benchmarks.bench_model --device cuda --sizes 1000x1500 --dtypes float32 bfloat16
     python -m benchmarks.bench_model --sizes 256 --against_released   # vs the released code's way
+    python -m benchmarks.bench_model --compile --sizes 128 256          # torch.compile, afresh per size
 
 ``--against_released`` times a transcription of the released forward pass
 (``benchmarks/released_forward.py``: same weights, same output) in turn with ours, call by call,
@@ -45,19 +46,20 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--compile", action="store_true", help="time torch.compile(model)")
+    parser.add_argument("--compile_backend", default="inductor", help="torch.compile backend (with --compile)")
     parser.add_argument("--against_released", action="store_true",
                         help="also time the released code's forward pass, alternated with ours")
     args = parser.parse_args()
 
     device = resolve_device(args.device)  # as the scripts do (on the CPU: malloc keeps freed memory)
     model = SMNet().to(device).eval()
-    runner = torch.compile(model) if args.compile else model
     print(f"machine: {describe_machine(device)}")
     for dtype_name in args.dtypes:
         dtype = DTYPES[dtype_name]
         probe = MatmulProbe(device, dtype)
         for size in args.sizes:
             h, w = parse_size(size)
+            runner = compiled(model, args.compile_backend) if args.compile else model
             x = torch.rand(args.batch, 6 * args.exposures, h, w, device=device)
 
             def forward(fn: Callable[..., torch.Tensor] = runner) -> torch.Tensor:
@@ -76,6 +78,14 @@ def main() -> None:
             if args.against_released:
                 print(f"SMNet / released time, median of {args.repeats} alternated pairs: "
                       f"{paired_ratio(timings[0], timings[1]):.3f}")
+
+
+def compiled(model: torch.nn.Module, backend: str) -> Callable[..., torch.Tensor]:
+    """A fresh ``torch.compile`` of ``model``. Each input size (and dtype) is a graph of its own,
+    and past dynamo's recompile limit (8 graphs per function) further sizes would run eagerly,
+    so every size starts from a reset: its compile time and graph are its own."""
+    torch._dynamo.reset()
+    return torch.compile(model, backend=backend)
 
 
 def report(label: str, flops: int, timing: Timing) -> None:

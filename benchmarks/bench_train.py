@@ -26,6 +26,7 @@ from benchmarks.common import (
     voronoi_segments,
 )
 from benchmarks.released_forward import released_forward
+from models.inference import resolve_amp
 from models.smnet import SMNet
 from training.losses import HDRLoss
 from training.trainer import StepTimes, training_step
@@ -60,8 +61,10 @@ def main() -> None:
     model = SMNet(is_mask=True).to(device).train()
     loss_fn = HDRLoss(0.0)
     optimizer = torch.optim.Adam(model.parameters(), lr=5e-4)
-    amp = None if args.amp == "none" else args.amp
-    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+    amp, note = resolve_amp(args.amp, device)
+    if note:
+        print(note)
+    scaler = grad_scaler(amp, device)
     mask_generator = torch.Generator(device=device).manual_seed(0)
 
     def step(times: StepTimes | None = None) -> None:
@@ -93,7 +96,7 @@ def main() -> None:
     print(f"machine: {describe_machine(device)}")
     print(f"matmul float32: {statistics.median(rates) / 1e9:.1f} GFLOP/s (median, measured before each step)")
     print(f"training step, default SMNet, batch {args.batch}, {args.size}x{args.size}, {args.exposures} exposures, "
-          f"mask ratio {args.mask_ratio} over ~{args.segments} segments per crop, le_lambda 0, amp {args.amp}:")
+          f"mask ratio {args.mask_ratio} over ~{args.segments} segments per crop, le_lambda 0, amp {amp or 'fp32'}:")
     print(f"  median step {seconds * 1e3:.0f} ms over {args.steps} steps: mask map "
           f"{median_parts.mask_map * 1e3:.1f} ms ({100 * median_parts.mask_map / seconds:.2f} %), forward + loss "
           f"{median_parts.forward * 1e3:.0f} ms, backward + Adam {median_parts.backward * 1e3:.0f} ms")
@@ -101,6 +104,14 @@ def main() -> None:
           f"share of matmul {100 * share:.0f} % (median of the steps' own shares)")
     if args.against_released:
         compare_with_released(model, forward_backward, probe, args.steps)
+
+
+def grad_scaler(amp: str | None, device: torch.device) -> torch.amp.GradScaler | None:
+    """A loss scaler for float16 autocast on CUDA; None otherwise (bfloat16 and float32 need none,
+    and ``resolve_amp`` runs fp16 in float32 on other devices)."""
+    if amp == "fp16" and device.type == "cuda":
+        return torch.amp.GradScaler(device.type)
+    return None
 
 
 def compare_with_released(model: SMNet, forward_backward: Callable[..., None], probe: MatmulProbe,

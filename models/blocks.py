@@ -7,7 +7,8 @@ attention share one layout.
 """
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Mapping
 
 import torch
 from timm.layers import DropPath, Mlp
@@ -15,25 +16,53 @@ from torch import nn
 
 from .window_attention import WindowAttention, WindowLayout, window_layout
 
-# Windows per chunk of the inference path: 64 windows of 8×8 are 4096 tokens, whose largest
-# intermediate (the 3·C qkv projection) is about 3 MB at the default width.
-WINDOWS_PER_CHUNK = 64
-TOKENS_PER_CHUNK = 4096
+# The layouts of one padded image size, by (window size, shift): what ``SMNet.forward`` hands down.
+WindowLayouts = Mapping[tuple[int, int], WindowLayout]
 
 
-def runs_in_chunks(tokens: torch.Tensor) -> bool:
-    """Chunked execution pays off for CPU inference only: with autograd every intermediate is kept
-    anyway, and on a GPU the extra kernel launches cost more than the cache saves."""
-    return tokens.device.type == "cpu" and not torch.is_grad_enabled()
+@dataclass(frozen=True)
+class Chunking:
+    """How inference splits a large image into pieces that run one after another."""
+
+    windows: int  # windows per chunk of a window block (everything after its convolution branch)
+    tokens: int  # tokens per chunk of a per-token map (the MLPs between and inside the stages)
+
+
+INFERENCE_CHUNKING: dict[str, Chunking | None] = {
+    # CPU: 64 windows of 8×8 are 4096 tokens, whose largest intermediate (the 3·C qkv projection)
+    # is about 3 MB at the default width: the products work on operands in the cache.
+    "cpu": Chunking(windows=64, tokens=4096),
+    # GPU: a bound on memory. Attention with 10-channel heads and an additive mask runs in the
+    # unfused (math) kernel, whose logits over a whole 1024×1536 image are 2.4 GB per float32
+    # tensor; 2048 windows keep them at 201 MB, and the dozen chunks per block at that size
+    # cost little in kernel launches. 2¹⁸ tokens bound the MLPs' hidden layers alike.
+    "cuda": Chunking(windows=2048, tokens=1 << 18),
+}
+"""Inference chunk sizes by device type. A device type that is absent or mapped to None runs
+inference on the whole image (set ``INFERENCE_CHUNKING["cpu"] = None`` to run that path on the CPU)."""
+
+
+def inference_chunking(device_type: str) -> Chunking | None:
+    """The chunk sizes for running on ``device_type`` now, or None for the whole-image path.
+
+    Chunks apply to inference only: with autograd every intermediate is kept anyway."""
+    if torch.is_grad_enabled():
+        return None
+    return INFERENCE_CHUNKING.get(device_type)
 
 
 def map_token_chunks(fn: Callable[[torch.Tensor], torch.Tensor], tokens: torch.Tensor,
-                     chunk: int = TOKENS_PER_CHUNK) -> torch.Tensor:
-    """``fn(tokens)`` for a per-token ``fn`` on B×N×C tokens. For CPU inference it runs over runs
-    of ``chunk`` tokens, so that wide intermediates (an MLP's hidden layer) stay in the cache and
-    a large image needs no full-size copy of them."""
+                     chunk: int | None = None) -> torch.Tensor:
+    """``fn(tokens)`` for a per-token ``fn`` on B×N×C tokens. For inference it runs over runs of
+    ``chunk`` tokens (default: the device's ``INFERENCE_CHUNKING``), so that wide intermediates
+    (an MLP's hidden layer) stay in the CPU's cache, and a large image needs no full-size copy
+    of them on any device."""
+    chunking = inference_chunking(tokens.device.type)
+    if chunking is None:
+        return fn(tokens)
+    chunk = chunking.tokens if chunk is None else chunk
     n = tokens.shape[1]
-    if not runs_in_chunks(tokens) or n <= chunk:
+    if n <= chunk:
         return fn(tokens)
     out = None
     for start in range(0, n, chunk):
@@ -129,34 +158,41 @@ class MSAB(nn.Module):
         """(Shifted) window attention on B×N×C tokens: gathers put the tokens in window order
         (the cyclic shift included), scatters put them back."""
         b, n, c = u.shape
-        bias = self.attn.relative_position_bias()
+        bias = self.attn.relative_position_bias(layout.position_index)
         out = u.new_empty(b, n, c)
         for tokens, mask in layout.chunks(layout.num_windows):  # plain windows, then shift-masked ones
             windows = u.index_select(1, tokens).view(b, -1, layout.window_area, c)
             out.index_copy_(1, tokens, self.attn(windows, mask, bias).view(b, -1, c))
         return out
 
-    def forward(self, t: torch.Tensor, height: int, width: int,
-                mask_map: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, t: torch.Tensor, height: int, width: int, mask_map: torch.Tensor | None = None,
+                layouts: WindowLayouts | None = None) -> torch.Tensor:
+        """t: B×N×C tokens of a height×width image. ``layouts`` holds this block's window layout
+        under (window size, shift) when the caller has fetched it (see ``SMNet.forward``)."""
         u = self.norm1(t)
         c = self.conv_branch(u, height, width)
         if self.is_mask and mask_map is not None:
             u = apply_mask_block(u, mask_map, self.adl_drop_rate)
-        layout = window_layout(height, width, self.window_size, self.shift_size, u.device)
-        if not self.training and runs_in_chunks(t):
-            return self.forward_in_chunks(t, u, c, layout)
+        if layouts is None:
+            layout = window_layout(height, width, self.window_size, self.shift_size, u.device)
+        else:
+            layout = layouts[self.window_size, self.shift_size]
+        chunking = inference_chunking(t.device.type)
+        if not self.training and chunking is not None:
+            return self.forward_in_chunks(t, u, c, layout, chunking.windows)
         t = t + self.drop_path(self.attention(u, layout))
         return t + self.drop_path(self.mlp(self.norm2(t))) + c
 
-    def forward_in_chunks(self, t: torch.Tensor, u: torch.Tensor, c: torch.Tensor,
-                          layout: WindowLayout) -> torch.Tensor:
+    def forward_in_chunks(self, t: torch.Tensor, u: torch.Tensor, c: torch.Tensor, layout: WindowLayout,
+                          windows_per_chunk: int) -> torch.Tensor:
         """Inference: everything after the convolution branch is local to a window, so it runs
-        over a few windows at a time; their intermediates stay in the CPU cache instead of
-        making full-image temporaries. Same arithmetic as the training path."""
+        over a few windows at a time: no full-image temporaries (attention logits, MLP hidden
+        layer), and on the CPU the intermediates stay in the cache. Same arithmetic as the
+        training path."""
         b, _, channels = t.shape
-        bias = self.attn.relative_position_bias()
+        bias = self.attn.relative_position_bias(layout.position_index)
         out = torch.empty_like(t)
-        for tokens, mask in layout.chunks(WINDOWS_PER_CHUNK):
+        for tokens, mask in layout.chunks(windows_per_chunk):
             windows = u.index_select(1, tokens).view(b, -1, layout.window_area, channels)
             x = t.index_select(1, tokens) + self.attn(windows, mask, bias).view(b, -1, channels)
             x = x + self.mlp(self.norm2(x)) + c.index_select(1, tokens)
@@ -177,9 +213,10 @@ class BlockGroup(nn.Module):
             for i in range(depth)
         )
 
-    def forward(self, x: torch.Tensor, height: int, width: int, mask_map: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, height: int, width: int, mask_map: torch.Tensor | None,
+                layouts: WindowLayouts | None = None) -> torch.Tensor:
         for block in self.blocks:
-            x = block(x, height, width, mask_map)
+            x = block(x, height, width, mask_map, layouts)
         return x
 
 
@@ -193,6 +230,7 @@ class MaskedTB(nn.Module):
                                          is_mask, adl_drop_rate)
         self.conv = nn.Conv2d(dim, dim, 3, padding=1)
 
-    def forward(self, x: torch.Tensor, height: int, width: int, mask_map: torch.Tensor | None) -> torch.Tensor:
-        y = self.residual_group(x, height, width, mask_map)
+    def forward(self, x: torch.Tensor, height: int, width: int, mask_map: torch.Tensor | None,
+                layouts: WindowLayouts | None = None) -> torch.Tensor:
+        y = self.residual_group(x, height, width, mask_map, layouts)
         return image_as_tokens(self.conv(tokens_as_image(y, height, width))) + x

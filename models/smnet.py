@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from timm.layers import Mlp, trunc_normal_
 from torch import nn
 
-from .blocks import MaskedTB, image_as_tokens, map_token_chunks, tokens_as_image
+from .blocks import MSAB, MaskedTB, WindowLayouts, image_as_tokens, map_token_chunks, tokens_as_image
 from .channel_attention import ICAB, channel_attention_heads
+from .window_attention import window_layout
 
 
 class PatchEmbedNorm(nn.Module):
@@ -34,6 +35,10 @@ class SMNet(nn.Module):
     Output: B×3×H×W linear HDR in [0, 1]. ``mask_map`` (B×1×H×W, 1 keep / 0 masked) is used by
     the mask blocks when the network is built with ``is_mask``. Any H×W works: the input is
     padded by reflection to a multiple of the window size and the output cropped back.
+
+    Under ``torch.compile`` only ``forward_with_layouts`` is traced: ``forward`` runs eagerly and
+    fetches the window layouts of the padded size (their construction indexes by data), so the
+    compiled network is one graph per input size, without breaks.
     """
 
     def __init__(self, img_size: int = 128, in_chans: int = 6, embed_dim: int = 60,
@@ -73,6 +78,9 @@ class SMNet(nn.Module):
         self.conv_skip = nn.Conv2d(embed_dim, embed_dim, 3, padding=1)
         self.conv_end = nn.Conv2d(embed_dim, 3, 3, padding=1)
         self.apply(self._init_weights)
+        # (window size, shift) of every block: the window layouts a forward pass needs.
+        self.window_keys = sorted({(block.window_size, block.shift_size)
+                                   for block in self.modules() if isinstance(block, MSAB)})
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -105,7 +113,21 @@ class SMNet(nn.Module):
         slots = f.view(b, n, n, e // n, h, w).mean(dim=2).reshape(b, e, h, w)
         return slots, f[:, n // 2]
 
+    @torch.compiler.disable  # eager: building a layout indexes by data
+    def window_layouts(self, x: torch.Tensor) -> WindowLayouts:
+        """The cached window layouts of every block for ``x``'s padded size, by (window size, shift)."""
+        self.num_exposures(x)  # a clear error for a malformed input, before anything else
+        height, width = x.shape[-2:]
+        height, width = height + (-height) % self.window_size, width + (-width) % self.window_size
+        return {(ws, shift): window_layout(height, width, ws, shift, x.device) for ws, shift in self.window_keys}
+
+    @torch.compiler.disable(recursive=False)  # this frame only: the call below is compiled
     def forward(self, x: torch.Tensor, mask_map: torch.Tensor | None = None) -> torch.Tensor:
+        return self.forward_with_layouts(x, mask_map, self.window_layouts(x))
+
+    def forward_with_layouts(self, x: torch.Tensor, mask_map: torch.Tensor | None,
+                             layouts: WindowLayouts) -> torch.Tensor:
+        """The network on an input whose padded size has the window ``layouts`` given."""
         n = self.num_exposures(x)
         heads = channel_attention_heads(self.embed_dim, n, self.ca_heads_per_exposure)
         height, width = x.shape[-2:]
@@ -121,7 +143,7 @@ class SMNet(nn.Module):
         x0 = self.patch_embed(image_as_tokens(slots))
         t = self.mlp(x0)
         for stage, channel_block, mlp in zip(self.layers, self.channel_layers, self.mlps):
-            t = stage(t, h, w, mask_tokens)
+            t = stage(t, h, w, mask_tokens, layouts)
             t = map_token_chunks(mlp, channel_block(t + x0, n, heads))
         body = tokens_as_image(self.norm(t), h, w)
         y = torch.sigmoid(self.conv_end(self.conv_after_body(body) + self.conv_skip(f_ref)))

@@ -1,8 +1,11 @@
 """Swin-style (shifted) window self-attention with a relative position bias.
 
 The relative position index and the shift masks are derived from the window size and the
-image size alone, so they are computed once per size and cached instead of being stored in
-the module (the released checkpoints carry them as buffers; the loader drops them).
+image size alone, so they are computed once per size and device and cached instead of being
+stored in the module (the released checkpoints carry them as buffers; the loader drops them).
+Building a layout indexes by data (which windows need the shift mask), so it happens eagerly,
+outside any compiled region: ``SMNet.forward`` fetches the layouts of the padded size and hands
+them to the blocks, and ``torch.compile`` only ever sees the cached tensors.
 """
 from __future__ import annotations
 
@@ -18,10 +21,20 @@ from torch import nn
 SHIFT_MASK_VALUE = -100.0
 
 
+def relative_position_index(window_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(ws², ws²) index into the bias table: (dy + ws − 1)·(2ws − 1) + (dx + ws − 1).
+
+    Cached per window size and device, so that a forward pass copies nothing from the host (a
+    copy from pageable memory would synchronise the device in every block).
+    """
+    return _relative_position_index(window_size, torch.device(device))
+
+
 @lru_cache(maxsize=None)
 @torch.inference_mode(False)  # cached tensors must stay usable by autograd later
-def relative_position_index(window_size: int) -> torch.Tensor:
-    """(ws², ws²) index into the bias table: (dy + ws − 1)·(2ws − 1) + (dx + ws − 1)."""
+def _relative_position_index(window_size: int, device: torch.device) -> torch.Tensor:
+    if device.type != "cpu":
+        return _relative_position_index(window_size, torch.device("cpu")).to(device)
     coords = torch.stack(torch.meshgrid(torch.arange(window_size), torch.arange(window_size), indexing="ij"))
     coords = coords.flatten(1)
     rel = coords[:, :, None] - coords[:, None, :] + (window_size - 1)
@@ -51,12 +64,14 @@ class WindowLayout(NamedTuple):
     windows mix regions of the shifted image and need the shift mask, so the layout puts the
     ``num_plain`` windows without it first and the others after them, with their masks in
     ``border_mask`` (windows×ws²×ws², 0 or −100; None when there is no shift).
+    ``position_index`` is the window size's ``relative_position_index`` on the same device.
     """
 
     order: torch.Tensor
     window_area: int
     num_plain: int
     border_mask: torch.Tensor | None
+    position_index: torch.Tensor
 
     @property
     def num_windows(self) -> int:
@@ -90,9 +105,11 @@ def _build_layout(height: int, width: int, window_size: int, shift: int, device:
         windows = torch.cat([windows[~mixed], windows[mixed]])
         num_plain = int((~mixed).sum())
         border_mask = mask[mixed].to(device)
-    return WindowLayout(windows.reshape(-1).to(device), window_size**2, num_plain, border_mask)
+    return WindowLayout(windows.reshape(-1).to(device), window_size**2, num_plain, border_mask,
+                        relative_position_index(window_size, torch.device(device)))
 
 
+@torch.compiler.disable  # built eagerly: see the module's docstring
 def window_layout(height: int, width: int, window_size: int, shift: int,
                   device: torch.device | str = "cpu") -> WindowLayout:
     """The cached ``WindowLayout`` of an image size, window size and shift on ``device``."""
@@ -196,9 +213,11 @@ class WindowAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         trunc_normal_(self.relative_position_bias_table, std=0.02)
 
-    def relative_position_bias(self) -> torch.Tensor:
-        """heads×ws²×ws² bias gathered from the table."""
-        index = relative_position_index(self.window_size).to(self.relative_position_bias_table.device)
+    def relative_position_bias(self, index: torch.Tensor | None = None) -> torch.Tensor:
+        """heads×ws²×ws² bias gathered from the table; ``index`` is the window size's
+        ``relative_position_index`` on the table's device (looked up when not given)."""
+        if index is None:
+            index = relative_position_index(self.window_size, self.relative_position_bias_table.device)
         area = self.window_size**2
         bias = self.relative_position_bias_table[index.view(-1)].view(area, area, -1)
         return bias.permute(2, 0, 1).contiguous()

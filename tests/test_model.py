@@ -229,20 +229,21 @@ def test_inference_in_chunks_equals_the_whole_image_path(monkeypatch: pytest.Mon
     torch.manual_seed(0)
     model = SMNet(**TINY).eval()
     x = torch.rand(1, 18, 40, 56)  # 5×7 windows: plain and border windows in several chunks
-    with torch.enable_grad():
+    monkeypatch.setitem(blocks.INFERENCE_CHUNKING, "cpu", None)
+    with torch.no_grad():
         whole = model(x)
-    monkeypatch.setattr(blocks, "WINDOWS_PER_CHUNK", 4)
-    monkeypatch.setattr(blocks.map_token_chunks, "__defaults__", (300,))
+    monkeypatch.setitem(blocks.INFERENCE_CHUNKING, "cpu", blocks.Chunking(windows=4, tokens=300))
     calls = []
+    chunked_forward = blocks.MSAB.forward_in_chunks
 
-    def counting_runs_in_chunks(tokens: torch.Tensor) -> bool:
-        calls.append(not torch.is_grad_enabled())
-        return not torch.is_grad_enabled()
+    def counting_forward_in_chunks(self, *args):  # noqa: ANN001, ANN002, ANN202
+        calls.append(args[-1])
+        return chunked_forward(self, *args)
 
-    monkeypatch.setattr(blocks, "runs_in_chunks", counting_runs_in_chunks)
+    monkeypatch.setattr(blocks.MSAB, "forward_in_chunks", counting_forward_in_chunks)
     with torch.no_grad():
         chunked = model(x)
-    assert any(calls), "the chunked path did not run"
+    assert calls and set(calls) == {4}, "the chunked path did not run"
     assert torch.allclose(chunked, whole, atol=1e-6)
 
 
