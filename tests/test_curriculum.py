@@ -168,8 +168,25 @@ def test_tables_start_at_ratio_0_weight_1_and_round_trip_state():
     restored = SegmentTables(5)
     restored.load_state_dict(state)
     assert torch.equal(restored.ratio, tables.ratio) and torch.equal(restored.weight, tables.weight)
+    grown = SegmentTables(6)  # a split with one more segment: the known IDs keep their values
+    grown.load_state_dict(state)
+    assert torch.equal(grown.ratio[:5], tables.ratio) and grown.ratio[5] == 0 and grown.weight[5] == 1
     with pytest.raises(ValueError):
-        SegmentTables(6).load_state_dict(state)
+        SegmentTables(5).load_state_dict({**state, "weight": torch.ones(4)})
+
+
+def test_tables_are_sized_by_the_ids_in_use_whatever_their_values():
+    tables = SegmentTables(torch.tensor([16_000_000, 7, 7, 3]))
+    assert tables.ids.tolist() == [3, 7, 16_000_000] and tables.num_ids == 3
+    update_tables(tables, torch.tensor([16_000_000, 3]), torch.tensor([20.0, 40.0]), R=0.5)
+    tables.commit()
+    assert tables.ratio[1] == 0 and tables.ratio[0] > 0 and tables.ratio[2] > 0
+    segments = torch.tensor([[3, 16_000_000], [7, 7]])
+    assert tables.index(segments).tolist() == [[0, 2], [1, 1]]
+    # tables saved without IDs (indexed by ID 0..n-1) load by ID
+    old = SegmentTables(torch.tensor([1, 3]))
+    old.load_state_dict({"ratio": torch.tensor([0.1, 0.2, 0.3, 0.4]), "weight": torch.tensor([1.0, 2.0, 3.0, 4.0])})
+    assert old.ratio.tolist() == pytest.approx([0.2, 0.4]) and old.weight.tolist() == [2.0, 4.0]
 
 
 def test_update_tables_follows_softmax_formulas():

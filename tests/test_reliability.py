@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from datasets import SceneError, SceneReader, load_scene, read_segments
+from datasets import SceneError, SceneReader, read_segments
 from datasets.scene import MAX_SEGMENT_ID, SceneLayout
 from datasets.synthetic import make_dataset
 from evaluation import cli as test_cli
@@ -332,3 +332,19 @@ def test_the_cache_never_serves_a_rewritten_file(copy):
     assert exposures.stat().st_size == info.st_size and exposures.stat().st_mtime_ns == info.st_mtime_ns
     after = SceneReader(SceneLayout(), "npy").load(scene)
     assert after.exposures[-1] == before.exposures[-1] + 1 == 5
+
+
+def test_sparse_large_segment_ids_train_with_tables_of_the_ids_in_use(copy, tmp_path):
+    """IDs near the 2**24 bound cost no more memory than 0..n-1: the tables hold the IDs in use."""
+    from training.options import parse_args
+    from training.trainer import Trainer
+
+    for offset, scene in enumerate(sorted((copy / "Training").iterdir())):
+        segments = read_segments(scene / "masks.npy")
+        np.save(scene / "masks.npy", (segments * 1_000_000 + offset).astype(np.float32)[..., None])
+    trainer = Trainer(parse_args(2, ["--preset", "tiny", "--dataset_dir", str(copy), "--logdir", str(tmp_path / "r"),
+                                     "--phase1_epochs", "0", "--epochs", "1", "--max_steps", "1", "--num_workers", "0",
+                                     "--train_patch_size", "32", "--no_progress", "--test_path", "none"]))
+    assert trainer.tables.num_ids < 100 and int(trainer.tables.ids.max()) > 1_000_000
+    trainer.run()
+    assert not torch.all(trainer.tables.weight == 1)  # the guided update found its segments

@@ -163,7 +163,11 @@ def set_learning_rate(optimizer: Optimizer, epoch: int, **schedule: Any) -> floa
 
 
 class SegmentTables:
-    """Mask ratio r_s and loss weight w_s for every segment ID (0..num_ids-1) of the split.
+    """Mask ratio r_s and loss weight w_s for every segment ID in use in the split.
+
+    The tables hold one entry per ID in ``ids`` (sorted), whatever the IDs' values: a split
+    whose masks use IDs up to 2**24 costs no more than one numbered 0..n-1. ``index(ids)`` turns
+    segment IDs into table positions; an int ``n`` stands for the IDs 0..n-1.
 
     `ratio` starts at 0 and `weight` at 1. A guided pass does not write them directly: each
     scene's values are added to `pending` (rows: ratio sums, weight sums, contribution
@@ -173,10 +177,17 @@ class SegmentTables:
     (`all_reduce_pending()`); a scene evaluated twice (sampler padding) averages to itself.
     """
 
-    def __init__(self, num_ids: int, device: torch.device | str | None = None) -> None:
+    def __init__(self, ids: int | torch.Tensor, device: torch.device | str | None = None) -> None:
+        ids = torch.arange(ids) if isinstance(ids, int) else torch.as_tensor(ids, dtype=torch.long)
+        self.ids = torch.unique(ids).to(device)
+        num_ids = self.ids.numel()
         self.ratio = torch.zeros(num_ids, device=device)
         self.weight = torch.ones(num_ids, device=device)
         self.pending = torch.zeros(3, num_ids, device=device)
+
+    def index(self, segments: torch.Tensor) -> torch.Tensor:
+        """Table positions of segment IDs (any shape, IDs from ``ids``), on their device."""
+        return torch.searchsorted(self.ids.to(segments.device), segments.long())
 
     @property
     def num_ids(self) -> int:
@@ -188,15 +199,16 @@ class SegmentTables:
 
     def to(self, device: torch.device | str) -> SegmentTables:
         """Move the tables (in place) to `device`; returns self."""
-        self.ratio, self.weight, self.pending = (t.to(device) for t in (self.ratio, self.weight, self.pending))
+        self.ids, self.ratio, self.weight, self.pending = (
+            t.to(device) for t in (self.ids, self.ratio, self.weight, self.pending))
         return self
 
     def add(self, ids: torch.Tensor, ratio: torch.Tensor, weight: torch.Tensor) -> None:
-        """Add one scene's per-segment values to the pending pass."""
-        ids = ids.to(self.device, torch.long)
-        self.pending[0].index_add_(0, ids, ratio.to(self.pending))
-        self.pending[1].index_add_(0, ids, weight.to(self.pending))
-        self.pending[2].index_add_(0, ids, torch.ones_like(ids, dtype=self.pending.dtype))
+        """Add one scene's per-segment values (by segment ID) to the pending pass."""
+        positions = self.index(ids.to(self.device))
+        self.pending[0].index_add_(0, positions, ratio.to(self.pending))
+        self.pending[1].index_add_(0, positions, weight.to(self.pending))
+        self.pending[2].index_add_(0, positions, torch.ones_like(positions, dtype=self.pending.dtype))
 
     def all_reduce_pending(self, group: Any = None) -> None:
         """Sum the pending pass over all ranks (a no-op outside torch.distributed)."""
@@ -213,16 +225,26 @@ class SegmentTables:
         return int(seen.sum())
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Committed tables for a checkpoint (the pending pass is not saved)."""
-        return {"ratio": self.ratio.clone(), "weight": self.weight.clone()}
+        """Committed tables and their IDs for a checkpoint (the pending pass is not saved)."""
+        return {"ids": self.ids.clone(), "ratio": self.ratio.clone(), "weight": self.weight.clone()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Restore tables saved by `state_dict` (same number of IDs), keeping this device."""
+        """Restore tables saved by `state_dict`, keeping this device: the values of the IDs both
+        know are taken (tables saved without ``ids`` are indexed by ID 0..n-1); IDs the saved
+        tables lack keep their start values."""
+        saved_ids = state.get("ids")
+        if saved_ids is None:
+            saved_ids = torch.arange(state["ratio"].numel())
         for name in ("ratio", "weight"):
-            if state[name].shape != (self.num_ids,):
-                raise ValueError(f"{name} table has shape {tuple(state[name].shape)}, expected ({self.num_ids},)")
-        self.ratio = state["ratio"].to(self.device, torch.float32).clone()
-        self.weight = state["weight"].to(self.device, torch.float32).clone()
+            if state[name].shape != saved_ids.shape:
+                raise ValueError(f"{name} table has shape {tuple(state[name].shape)} for {saved_ids.numel()} IDs")
+        saved_ids = saved_ids.to(self.device, torch.long)
+        positions = torch.searchsorted(saved_ids, self.ids).clamp_max(max(saved_ids.numel() - 1, 0))
+        known = saved_ids[positions] == self.ids if saved_ids.numel() else torch.zeros_like(self.ids, dtype=torch.bool)
+        for name in ("ratio", "weight"):
+            values = state[name].to(self.device, torch.float32)
+            current = getattr(self, name)
+            setattr(self, name, torch.where(known, values[positions] if values.numel() else current, current))
         self.pending.zero_()
 
 

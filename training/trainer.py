@@ -106,16 +106,16 @@ def init_released_weights(model: nn.Module, std: float = 0.02) -> None:
                 nn.init.zeros_(module.bias)
 
 
-def count_segment_ids(dataset: HDRFullImageDataset, crop: int = 0, progress: bool = False) -> int:
-    """Size of the per-segment tables: the largest segment ID of the split plus one. Every scene
-    is decoded (and validated) on the way, and must be at least ``crop`` pixels on each side."""
-    largest = -1
+def segment_ids_in_use(dataset: HDRFullImageDataset, crop: int = 0, progress: bool = False) -> torch.Tensor:
+    """The segment IDs of a split (sorted), which the per-segment tables are sized by. Every
+    scene is decoded (and validated) on the way, and must be at least ``crop`` pixels on each side."""
+    ids = []
     for scene in dataset.scenes(progress):
         if min(scene.size) < crop:
             raise UsageError(f"scene {scene.path}: {scene.size[0]}×{scene.size[1]} is smaller than the "
                              f"--train_patch_size {crop} crop; lower --train_patch_size")
-        largest = max(largest, int(np.max(scene.segments)))
-    return largest + 1
+        ids.append(np.unique(scene.segments))
+    return torch.from_numpy(np.unique(np.concatenate(ids)))
 
 
 def move_previous_run_aside(logdir: Path) -> Path | None:
@@ -169,11 +169,13 @@ def training_step(model: nn.Module, batch: Mapping[str, torch.Tensor], loss_fn: 
                   optimizer: torch.optim.Optimizer, ratio_table: torch.Tensor | None,
                   weight_table: torch.Tensor | None, device: torch.device, amp: str | None = None,
                   scaler: torch.amp.GradScaler | None = None, generator: torch.Generator | None = None,
-                  times: StepTimes | None = None, whole_crop_masking: bool = False) -> dict[str, torch.Tensor]:
+                  times: StepTimes | None = None, whole_crop_masking: bool = False,
+                  segment_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """One optimiser step on a batch; ``ratio_table`` None means no masking (phase 1),
     ``weight_table`` None a loss map of ones. With ``whole_crop_masking`` (the released
     ``--mask_choice 0``) the mask map ignores the segments: ``ratio_table[0]`` of each crop's
-    pixels are masked. Returns the loss terms (detached) and the mask map
+    pixels are masked. ``segment_ids`` (``SegmentTables.ids``) are the IDs the tables' entries
+    belong to; without it the tables are indexed by the segment IDs themselves. Returns the loss terms (detached) and the mask map
     (None without masking). ``times`` (benchmarks) adds the split of the step, at the cost of a
     device synchronisation per part."""
     inputs = batch["input"].to(device, non_blocking=True)
@@ -182,6 +184,8 @@ def training_step(model: nn.Module, batch: Mapping[str, torch.Tensor], loss_fn: 
     mask_map = loss_map = None
     if ratio_table is not None or weight_table is not None:
         segments = batch["segments"].to(device, non_blocking=True)
+        if segment_ids is not None:
+            segments = torch.searchsorted(segment_ids, segments)
         if ratio_table is not None:
             mask_map = build_mask_map(torch.zeros_like(segments) if whole_crop_masking else segments, ratio_table,
                                       generator)
@@ -270,7 +274,7 @@ class Trainer:
                                  "pass --test_path none to train without evaluating (and without best.pth)")
             self.test_set = HDRFullImageDataset(args.dataset_dir, args.test_path, cache=cache, layout=layout)
         progress = not args.no_progress and self.process.is_main
-        self.tables = SegmentTables(count_segment_ids(self.guided_set, args.train_patch_size, progress),
+        self.tables = SegmentTables(segment_ids_in_use(self.guided_set, args.train_patch_size, progress),
                                     device=self.device)
         if self.test_set is not None:  # decoded once now: a broken test file stops the run before the first step
             for _ in self.test_set.scenes(progress):
@@ -504,7 +508,7 @@ class Trainer:
                 break
             last = training_step(self.train_model, batch, self.loss_fn, self.optimizer, ratio_table, weight_table,
                                  self.device, self.amp, self.scaler, generator,
-                                 whole_crop_masking=args.mask_choice == 0)
+                                 whole_crop_masking=args.mask_choice == 0, segment_ids=self.tables.ids)
             steps += 1
             finite = bool(torch.isfinite(last["loss"])) and weights_are_finite(self.optimizer.param_groups[0]["params"])
             if not distributed.all_ranks_ok(finite, self.device):
