@@ -66,7 +66,7 @@ demo-checkpoint: setup
 	OMP_NUM_THREADS=1 $(PY) train_phase1.py $(CKPT_TRAIN_ARGS) --repeat 6 --logdir $(CKPT_DIR)/phase1
 	OMP_NUM_THREADS=1 $(PY) train_phase2.py $(CKPT_TRAIN_ARGS) --repeat 10 --logdir $(CKPT_DIR)/phase2 \
 		--resume $(CKPT_DIR)/phase1/last.pth
-	$(PY) -m models.checkpoint export $(CKPT_DIR)/phase2/last.pth pretrain_model/demo_smnet.pth
+	$(PY) -m models.checkpoint export $(CKPT_DIR)/phase2/last.pth pretrain_model/demo_smnet.pth --overwrite
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

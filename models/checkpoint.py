@@ -191,12 +191,15 @@ def main(argv: list[str] | None = None) -> int:
     export = commands.add_parser("export", help="keep only the weights and config of a training checkpoint")
     export.add_argument("source", type=Path)
     export.add_argument("target", type=Path)
+    export.add_argument("--overwrite", action="store_true", help="replace an existing target file")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks instead of one-line errors")
     args = parser.parse_args(argv)
 
     def export() -> int:
         if args.target.is_dir():
             raise UsageError(f"{args.target} is a folder; give the file to write")
+        if args.target.exists() and not args.overwrite:
+            raise UsageError(f"{args.target} exists; pass --overwrite to replace it")
         export_weights(args.source, args.target)
         print(f"wrote {args.target} ({args.target.stat().st_size / 1e6:.1f} MB)")
         return 0

@@ -233,10 +233,15 @@ def test_a_checkpoint_config_that_describes_no_network_is_exit_1(data, tmp_path,
     assert "Traceback" not in err and str(path) in err
 
 
-def test_export_to_a_folder_is_one_line(tmp_path, capsys):
+def test_export_to_a_folder_or_over_a_file_is_one_line(tmp_path, capsys):
     save_model(tmp_path / "m.pth", SMNet(embed_dim=24, depths=[1], num_heads=[2]))
     assert checkpoint_module.main(["export", str(tmp_path / "m.pth"), str(tmp_path)]) == 2
     one_error_line(capsys, "is a folder")
+    (tmp_path / "kept.pth").write_bytes(b"an earlier result")
+    assert checkpoint_module.main(["export", str(tmp_path / "m.pth"), str(tmp_path / "kept.pth")]) == 2
+    one_error_line(capsys, "--overwrite")
+    assert (tmp_path / "kept.pth").read_bytes() == b"an earlier result"
+    assert checkpoint_module.main(["export", str(tmp_path / "m.pth"), str(tmp_path / "kept.pth"), "--overwrite"]) == 0
 
 
 # --- test.py --------------------------------------------------------------------------------------
