@@ -22,9 +22,9 @@ from benchmarks.common import describe_machine, synchronize
 from datasets import HDRFullImageDataset
 from datasets.synthetic import make_dataset
 from models.checkpoint import load_model
-from models.inference import TEST_PAD_MULTIPLE, eval_mode, resolve_amp
+from evaluation.evaluate import EvaluationResult, evaluate_scenes
+from models.inference import TEST_PAD_MULTIPLE, InferenceSettings, eval_mode, predict, resolve_amp
 from models.smnet import SMNet
-from evaluation.evaluate import EvaluationResult, evaluate_scenes, predict
 from utils.distributed import resolve_device
 
 DEFAULT_CHECKPOINT = Path("pretrain_model/demo_smnet.pth")
@@ -69,8 +69,8 @@ def run(model: torch.nn.Module, dataset: HDRFullImageDataset, device: torch.devi
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    result = evaluate_scenes(model, dataset, device, args.pad_multiple, amp, tile=tile,
-                             tile_overlap=args.tile_overlap, on_scene=keep)
+    settings = InferenceSettings(args.pad_multiple, tile, args.tile_overlap, amp)
+    result = evaluate_scenes(model, dataset, device, settings, on_scene=keep)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
     return result, predictions, peak
 
@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"padding multiple {args.pad_multiple}, tile overlap {args.tile_overlap}, amp {amp or 'fp32'}\n")
 
         with eval_mode(model):  # warm-up, untimed
-            predict(model, torch.as_tensor(dataset[0]["input"]).unsqueeze(0), device, args.pad_multiple, amp)
+            predict(model, torch.as_tensor(dataset[0]["input"]).unsqueeze(0), device,
+                    InferenceSettings(args.pad_multiple, amp=amp))
             synchronize(device)
 
         base, base_predictions, base_peak = run(model, dataset, device, args, amp, tile=0)
