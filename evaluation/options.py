@@ -27,14 +27,11 @@ def inference_settings(args: argparse.Namespace, device: torch.device) -> tuple[
     """The inference settings the options ask for on ``device``, and a note when the precision
     had to change (fp16 on the CPU)."""
     amp, note = resolve_amp(args.amp, device)
-    if 0 < args.tile < args.pad_multiple:
-        raise UsageError(f"--tile {args.tile} is smaller than --pad_multiple {args.pad_multiple}: every tile would be "
-                         "padded to the multiple, costing time and accuracy; use --tile of at least "
-                         f"{args.pad_multiple} (or lower --pad_multiple)")
     try:
         return InferenceSettings(args.pad_multiple, args.tile, args.tile_overlap, amp), note
     except ValueError as err:
-        raise UsageError(f"--pad_multiple/--tile/--tile_overlap: {err}") from None
+        raise UsageError(f"--tile {args.tile} --tile_overlap {args.tile_overlap} --pad_multiple {args.pad_multiple}: "
+                         f"{err}") from None
 
 
 def add_metric_options(group: argparse._ActionsContainer) -> None:

@@ -91,9 +91,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                          help="also write <name>.exr (half float; needs the openexr package)")
     outputs.add_argument("--no_progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    if args.tile < 0 or not 0 <= args.tile_overlap < (args.tile or min(AUTO_TILES)):
-        parser.error(f"--tile must be >= 0 and --tile_overlap in [0, tile), below {min(AUTO_TILES)} with --tile 0 "
-                     f"(got {args.tile}, {args.tile_overlap})")
+    try:  # the settings' own checks, on the smallest tile --tile 0 may pick
+        InferenceSettings(TEST_PAD_MULTIPLE, args.tile or min(AUTO_TILES), args.tile_overlap)
+    except ValueError as err:
+        parser.error(f"--tile {args.tile} --tile_overlap {args.tile_overlap}: {err}")
     return args
 
 

@@ -200,6 +200,10 @@ class InferenceSettings:
         if self.tile < 0 or (self.tile and not 0 <= self.tile_overlap < self.tile):
             raise ValueError(f"the tile size must be >= 0 and the overlap in [0, tile) "
                              f"(got {self.tile}, {self.tile_overlap})")
+        if 0 < self.tile < self.pad_multiple:
+            raise ValueError(f"a tile of {self.tile} is smaller than the padding multiple {self.pad_multiple}: every "
+                             "tile would be padded to the multiple, costing time and accuracy; use tiles of at least "
+                             "the multiple (or a lower multiple)")
 
     def describe(self) -> dict[str, Any]:
         """The settings and what they mean, as recorded in summary.json."""

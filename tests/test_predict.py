@@ -367,3 +367,11 @@ def test_auto_tile(monkeypatch: pytest.MonkeyPatch) -> None:
     assert predict.auto_tile((4000, 6000), 60, cpu) == 2048
     monkeypatch.setattr(predict, "available_memory", lambda device: 1 << 30)
     assert predict.auto_tile((4000, 6000), 60, cpu) == 256
+
+
+@pytest.mark.parametrize("tile, overlap", [("64", "16"), ("-1", "32"), ("256", "256")])
+def test_tiles_the_settings_refuse_stop_the_parser(tmp_path: Path, capsys, tile: str, overlap: str) -> None:
+    with pytest.raises(SystemExit) as raised:
+        predict.parse_args(["--pretrained_model", str(CHECKPOINT), "--save_dir", str(tmp_path / "out"),
+                            "--tile", tile, "--tile_overlap", overlap, str(tmp_path)])
+    assert raised.value.code == 2 and f"--tile {tile}" in capsys.readouterr().err

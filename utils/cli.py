@@ -30,7 +30,7 @@ def describe_os_error(err: OSError) -> str:
     where = f" ({err.filename})" if err.filename else ""
     if err.errno == errno.ENOSPC:
         return f"no space left on the device{where}: free some space and run again"
-    return f"{err.strerror or err}{where}" if err.strerror else str(err)
+    return f"{err.strerror}{where}" if err.strerror else str(err)
 
 
 def run_cli(body: Callable[[], int], debug: bool = False) -> int:
