@@ -36,15 +36,13 @@ from utils.image_io import read_hdr
 
 from .preprocess import GAMMA, exposure_times
 from .scene import PathLike
-from .synthetic import (SATURATED_RANGE, SATURATION_LEVEL, Brightness, SyntheticScene, empty_split_folder, expose,
-                        generator_parser,
-                        saturated_fraction, write_scene)
+from .synthetic import (SATURATED_RANGE, SATURATION_LEVEL, SPLIT_IDS, Brightness, SyntheticScene,
+                        empty_split_folder, expose, generator_parser, saturated_fraction, write_scene)
 
 RADIANCE_DIR = Path(__file__).resolve().parent / "radiance"
 # held-out source maps: test scenes use only these, training scenes never do
 TEST_SOURCES = ("courtyard", "sunrise", "Desk")
 DEFAULT_SPACINGS = (2.0, 3.0)
-SPLIT_IDS = {"Training": 0, "Test": 1}
 MAX_CLAMPED = 0.02  # largest fraction of the reference view brighter than the shortest exposure's white
 MIN_HEADROOM = 1.5  # median radiance of the reference's clipped pixels over the clipping level
 TARGET_SATURATED = (0.07, 0.17)  # clipped fractions allowed, inside SATURATED_RANGE with room for noise

@@ -36,7 +36,8 @@ DEFAULT_EXPOSURES = (0.0, 2.0, 4.0)
 SATURATED_RANGE = (0.05, 0.20)
 NOISE_STD = 0.002
 SATURATION_LEVEL = 0.99
-_SPLITS = {"Training": 0, "Test": 1}
+SPLIT_IDS = {"Training": 0, "Test": 1}
+"""Part of every scene's seed, so that training and test scenes never share one."""
 
 
 @dataclass(frozen=True)
@@ -324,7 +325,7 @@ def make_dataset(out_dir: PathLike, num_train: int, num_test: int, size: tuple[i
     for split, count in (("Training", num_train), ("Test", num_test)):
         split_dir = empty_split_folder(out_dir, split, overwrite)
         for index in tqdm(range(count), desc=f"{split} scenes", disable=not progress):
-            rng = np.random.default_rng([seed, _SPLITS[split], index])
+            rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
             background = backgrounds[index % len(backgrounds)] if backgrounds else None
             scene = render_scene(rng, size, exposures, hdr_background=background)
             write_scene(split_dir / f"scene_{index + 1:04d}", scene)
