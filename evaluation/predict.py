@@ -31,14 +31,14 @@ import torch
 from tqdm import tqdm
 
 from datasets.align import MOTION_MODELS, align_bracket
-from datasets.bracket import BracketError, BracketSource, find_bracket, load_bracket
+from datasets.bracket import BracketSource, find_bracket, load_bracket
 from datasets.preprocess import build_network_input
 from evaluation.options import add_preview_option
 from models.channel_attention import channel_attention_heads
-from models.checkpoint import CheckpointError, load_model
+from models.checkpoint import load_model
 from models.inference import TEST_PAD_MULTIPLE, InferenceSettings, eval_mode, predict, resolve_amp
 from utils.atomic_io import atomic_path
-from utils.cli import EXIT_FAILED_CHECKPOINT, EXIT_OK, EXIT_USAGE, UsageError, add_device_options
+from utils.cli import EXIT_OK, UsageError, add_debug_option, add_device_options, run_cli
 from utils.distributed import resolve_device
 from utils.image_io import write_hdr, write_png
 from utils.tonemap import tonemap_for_display
@@ -90,6 +90,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     outputs.add_argument("--exr", action="store_true",
                          help="also write <name>.exr (half float; needs the openexr package)")
     outputs.add_argument("--no_progress", action="store_true", help="no progress bar")
+    add_debug_option(parser)
     args = parser.parse_args(argv)
     try:  # the settings' own checks, on the smallest tile --tile 0 may pick
         InferenceSettings(TEST_PAD_MULTIPLE, args.tile or min(AUTO_TILES), args.tile_overlap)
@@ -246,40 +247,27 @@ def process(source: BracketSource, model: torch.nn.Module, device: torch.device,
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the prediction; returns the exit code (0 ok, 1 the checkpoint failed, 2 unusable input)."""
     args = parse_args(argv)
-    try:
-        if args.exr:
-            require_openexr()
-        if args.save_dir.exists() and not args.save_dir.is_dir():
-            raise UsageError(f"--save_dir {args.save_dir}: exists and is not a folder")
-        sources = find_brackets(args.inputs, args.stops, args.name)
-        try:
-            device = resolve_device(args.device)
-        except RuntimeError as err:  # a name torch does not know; resolve_device's ValueErrors name --device
-            raise UsageError(f"--device {args.device}: {err}") from None
-        amp, amp_note = resolve_amp(args.amp, device)
-    except ValueError as err:  # UsageError, BracketError
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_USAGE
+    return run_cli(lambda: predict_all(args), args.debug)
+
+
+def predict_all(args: argparse.Namespace) -> int:
+    """Check every input, then reconstruct and write every bracket; errors raise (see ``main``)."""
+    if args.exr:
+        require_openexr()
+    if args.save_dir.exists() and not args.save_dir.is_dir():
+        raise UsageError(f"--save_dir {args.save_dir}: exists and is not a folder")
+    sources = find_brackets(args.inputs, args.stops, args.name)
+    device = resolve_device(args.device)
+    amp, amp_note = resolve_amp(args.amp, device)
     if amp_note:
         print(f"note: {amp_note}")
-
-    try:
-        model = load_model(args.pretrained_model, device=device)
-    except CheckpointError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_FAILED_CHECKPOINT
-
-    try:
-        for source in sources:
-            check_exposure_count(model, source)
-        for source in tqdm(sources, desc="predict", unit="scene", disable=args.no_progress):
-            tqdm.write(process(source, model, device, amp, args))
-    except (UsageError, BracketError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_USAGE
+    model = load_model(args.pretrained_model, device=device)
+    for source in sources:
+        check_exposure_count(model, source)
+    for source in tqdm(sources, desc="predict", unit="scene", disable=args.no_progress):
+        tqdm.write(process(source, model, device, amp, args))
     print(f"outputs in {args.save_dir}")
     return EXIT_OK
-
 
 if __name__ == "__main__":
     sys.exit(main())
