@@ -3,6 +3,8 @@ and 8-bit tone-mapped previews for display."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 import cv2
@@ -50,6 +52,19 @@ def _opencv_tonemapper(operator: str, gamma: float, params: dict[str, float]) ->
     )
 
 
+@contextmanager
+def _quiet_opencv() -> Iterator[None]:
+    """Silence OpenCV's log while its operator runs: Reinhard's implementation prints a
+    warning about its own internal multi-channel expressions on every first call, which says
+    nothing about the caller's image. Errors still raise."""
+    previous = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    try:
+        yield
+    finally:
+        cv2.utils.logging.setLogLevel(previous)
+
+
 def to_uint8(image: np.ndarray) -> np.ndarray:
     """Map a [0, 1] float image to 8 bits (NaN counts as 0, values outside are clipped)."""
     image = np.nan_to_num(np.asarray(image, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
@@ -83,5 +98,6 @@ def tonemap_for_display(
         # Constant image: the operators are undefined on it; show its clipped, gamma-encoded value.
         return to_uint8(np.clip(hdr, 0.0, 1.0) ** (1.0 / gamma))
     bgr = np.ascontiguousarray(hdr[..., ::-1])
-    mapped = _opencv_tonemapper(operator, gamma, params).process(bgr)
+    with _quiet_opencv():
+        mapped = _opencv_tonemapper(operator, gamma, params).process(bgr)
     return to_uint8(mapped[..., ::-1])
