@@ -14,7 +14,8 @@ time 2**stop_0 (1 for a first stop of 0), and radiance above that exposure's whi
 radiance in the reference frame's geometry.
 
 Training and test scenes come from disjoint source maps (`TEST_SOURCES`), objects included.
-`<out>/scenes.json` records each scene's exposures and sources.
+Training scenes also get a random colour variation (`vary_colour`); test scenes keep the
+photographs' colours. `<out>/scenes.json` records each scene's exposures and sources.
 
 Command line::
 
@@ -46,6 +47,8 @@ DEFAULT_SPACINGS = (2.0, 3.0)
 MAX_CLAMPED = 0.02  # largest fraction of the reference view brighter than the shortest exposure's white
 MIN_HEADROOM = 1.5  # median radiance of the reference's clipped pixels over the clipping level
 TARGET_SATURATED = (0.07, 0.17)  # clipped fractions allowed, inside SATURATED_RANGE with room for noise
+WHITE_BALANCE_RANGE = (0.6, 1.4)  # per-channel gains of a training scene's colour variation
+SATURATION_RANGE = (1.0, 1.6)  # chroma scale of a training scene's colour variation
 
 
 @dataclass
@@ -168,10 +171,32 @@ def exposure_gain(rng: np.random.Generator, reference_view: np.ndarray, clip_rad
     return float(np.clip(highlight_gain, clip_radiance / max(fewest, 1e-12), clip_radiance / max(most, 1e-12)))
 
 
+def vary_colour(rng: np.random.Generator, views: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The views with one random colour variation: channels permuted, white balance changed and
+    chroma scaled (around each pixel's channel mean), radiance kept non-negative.
+
+    The training maps hold few bright, strongly coloured highlights (a sunset sky, a coloured
+    lamp); varying their colours teaches the network to rebuild every channel's highlights
+    rather than the colours of ten photographs.
+    """
+    permutation = rng.permutation(3)
+    gains = rng.uniform(*WHITE_BALANCE_RANGE, size=3)
+    gains /= gains.mean()
+    chroma = rng.uniform(*SATURATION_RANGE)
+    varied = []
+    for view in views:
+        coloured = view[..., permutation] * gains
+        mean = coloured.mean(axis=2, keepdims=True)
+        varied.append(np.maximum(mean + chroma * (coloured - mean), 0.0).astype(np.float32))
+    return varied
+
+
 def render_real_scene(rng: np.random.Generator, maps: dict[str, np.ndarray], background: str,
                       object_sources: Sequence[str], size: tuple[int, int], exposures: Sequence[float],
-                      max_tries: int = 12) -> RealScene:
+                      max_tries: int = 12, colour_variation: bool = False) -> RealScene:
     """One scene: a crop of map `background`, patches of `object_sources` moving, camera shake, n exposures, label.
+
+    With `colour_variation` (training scenes), the scene's colours are varied by `vary_colour`.
 
     Crops are drawn (up to `max_tries`) until one looks like a benchmark scene: its reference
     exposure clips a fraction within SATURATED_RANGE, the clipped pixels are on median at least
@@ -203,6 +228,8 @@ def render_real_scene(rng: np.random.Generator, maps: dict[str, np.ndarray], bac
                 paste(view, patch, (patch.center[0] + step * patch.velocity[0] - shake[0],
                                     patch.center[1] + step * patch.velocity[1] - shake[1]))
             views.append(view)
+        if colour_variation:
+            views = vary_colour(rng, views)
         gain = exposure_gain(rng, views[reference], clip_radiance, levels.bright_high)
         brightness = views[reference].max(axis=2) * gain
         clipped = brightness[brightness > clip_radiance]
@@ -252,7 +279,8 @@ def make_real_dataset(out_dir: PathLike, num_train: int, num_test: int, size: tu
             stops = scene_exposures(rng, exposures, spacings, num_exposures)
             background = sources[index % len(sources)]  # every source in turn
             others = [name for name in sources if name != background]
-            scene = render_real_scene(rng, maps, background, others, size, stops)
+            scene = render_real_scene(rng, maps, background, others, size, stops,
+                                      colour_variation=split == "Training")
             name = f"scene_{index + 1:04d}"
             write_scene(split_dir / name, scene)
             record[split][name] = {"exposures": list(stops), "background": scene.background,
