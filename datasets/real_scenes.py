@@ -14,8 +14,8 @@ time 2**stop_0 (1 for a first stop of 0), and radiance above that exposure's whi
 radiance in the reference frame's geometry.
 
 Training and test scenes come from disjoint source maps (`TEST_SOURCES`), objects included.
-Training scenes also get a random colour variation (`vary_colour`); test scenes keep the
-photographs' colours. `<out>/scenes.json` records each scene's exposures and sources.
+With `--colour_variation`, training scenes also get a random colour variation (`vary_colour`);
+test scenes always keep the photographs' colours. `<out>/scenes.json` records each scene's exposures and sources.
 
 Command line::
 
@@ -261,11 +261,12 @@ def scene_exposures(rng: np.random.Generator, exposures: Optional[Sequence[float
 def make_real_dataset(out_dir: PathLike, num_train: int, num_test: int, size: tuple[int, int] = (256, 320),
                       seed: int = 0, exposures: Optional[Sequence[float]] = None,
                       spacings: Sequence[float] = DEFAULT_SPACINGS, num_exposures: int = 3,
-                      radiance_dir: PathLike = RADIANCE_DIR, overwrite: bool = False, progress: bool = False
-                      ) -> dict[str, dict[str, dict]]:
+                      radiance_dir: PathLike = RADIANCE_DIR, overwrite: bool = False, progress: bool = False,
+                      colour_variation: bool = False) -> dict[str, dict[str, dict]]:
     """Write Training and Test scenes under `out_dir` (deterministic in `seed`); returns the scenes.json record.
 
-    Existing non-empty split folders are an error unless `overwrite` (which deletes them).
+    Existing non-empty split folders are an error unless `overwrite` (which deletes them). With
+    `colour_variation`, training scenes get `vary_colour` (test scenes never do).
     """
     out_dir = Path(out_dir)
     maps = load_radiance_maps(radiance_dir)
@@ -280,7 +281,7 @@ def make_real_dataset(out_dir: PathLike, num_train: int, num_test: int, size: tu
             background = sources[index % len(sources)]  # every source in turn
             others = [name for name in sources if name != background]
             scene = render_real_scene(rng, maps, background, others, size, stops,
-                                      colour_variation=split == "Training")
+                                      colour_variation=colour_variation and split == "Training")
             name = f"scene_{index + 1:04d}"
             write_scene(split_dir / name, scene)
             record[split][name] = {"exposures": list(stops), "background": scene.background,
@@ -299,6 +300,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--num_exposures", type=int, default=3, help="exposures per scene (with --spacing)")
     parser.add_argument("--radiance_dir", type=Path, default=RADIANCE_DIR, help="folder of .hdr radiance maps")
     parser.add_argument("--overwrite", action="store_true", help="replace existing Training/ and Test/ folders")
+    parser.add_argument("--colour_variation", action="store_true",
+                        help="vary each training scene's colours (channel order, white balance, chroma)")
     return parser.parse_args(argv)
 
 
@@ -306,7 +309,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
     make_real_dataset(args.out, args.train, args.test, size=tuple(args.size), seed=args.seed,
                       exposures=args.exposures, spacings=args.spacing, num_exposures=args.num_exposures,
-                      radiance_dir=args.radiance_dir, overwrite=args.overwrite, progress=True)
+                      radiance_dir=args.radiance_dir, overwrite=args.overwrite, progress=True,
+                      colour_variation=args.colour_variation)
     print(f"wrote {args.train} training and {args.test} test scenes to {args.out}")
 
 

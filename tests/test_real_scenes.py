@@ -113,7 +113,7 @@ def test_colour_variation_permutes_rebalances_and_keeps_radiance_valid():
     assert seen == {0, 1, 2}
 
 
-def test_only_training_scenes_have_their_colours_varied(monkeypatch, tmp_path):
+def test_colour_variation_is_opt_in_and_for_training_scenes_only(monkeypatch, tmp_path):
     calls = []
     original = vary_colour
 
@@ -122,11 +122,17 @@ def test_only_training_scenes_have_their_colours_varied(monkeypatch, tmp_path):
         return original(rng, views)
 
     monkeypatch.setattr("datasets.real_scenes.vary_colour", spy)
-    make_real_dataset(tmp_path / "train", num_train=2, num_test=0, size=SIZE, seed=5)
+    make_real_dataset(tmp_path / "plain", num_train=2, num_test=1, size=SIZE, seed=5)
+    assert not calls
+    make_real_dataset(tmp_path / "train", num_train=2, num_test=0, size=SIZE, seed=5, colour_variation=True)
     assert calls and all(count == 3 for count in calls)
     calls.clear()
-    make_real_dataset(tmp_path / "test", num_train=0, num_test=2, size=SIZE, seed=5)
+    main(["--out", str(tmp_path / "test"), "--train", "0", "--test", "2", "--size", *map(str, SIZE),
+          "--colour_variation"])
     assert not calls
+    main(["--out", str(tmp_path / "cli"), "--train", "1", "--test", "0", "--size", *map(str, SIZE),
+          "--colour_variation"])
+    assert calls
 
 
 def test_objects_move_between_exposures():
