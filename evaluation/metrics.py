@@ -164,11 +164,18 @@ def ssim_mu(pred: ImageLike, label: ImageLike, variant: str = "released") -> flo
 @functools.cache
 def load_pycvvdp() -> Any | None:
     """Import the optional ``pycvvdp`` package (pip name ``cvvdp``); None with a note if absent."""
+    # pycvvdp imports torch.utils.cpp_extension, which warns about a missing CUDA toolkit on
+    # every CPU-only machine; nothing here compiles an extension, so that warning is muted.
+    extension_log = logging.getLogger("torch.utils.cpp_extension")
+    level = extension_log.level
+    extension_log.setLevel(logging.ERROR)
     try:
         import pycvvdp
     except ImportError as error:
         logger.warning("cvvdp is not installed (%s): PU21 and ColorVideoVDP columns are skipped", error)
         return None
+    finally:
+        extension_log.setLevel(level)
     return pycvvdp
 
 

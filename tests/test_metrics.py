@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import logging
 import math
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -304,3 +307,23 @@ def test_format_table_lists_scenes_and_the_mean() -> None:
     assert lines[3].split() == ["002", "42.00", "0.9700", "9.500"]
     assert lines[-1].split() == ["mean", "42.00", "0.9800", "9.500"]
     assert "mean" not in format_table(make_table().rows, with_mean=False)
+
+
+def test_loading_cvvdp_leaves_the_extension_builders_log_level_alone_and_quiet() -> None:
+    """pycvvdp imports torch's extension builder, which warns about a missing CUDA toolkit on
+    CPU-only machines; loading the optional metrics must not print that, nor change its level."""
+    if importlib.util.find_spec("pycvvdp") is None:
+        pytest.skip("the optional cvvdp package is not installed")
+
+    script = (
+        "import logging\n"
+        "from evaluation.metrics import load_pycvvdp\n"
+        "log = logging.getLogger('torch.utils.cpp_extension')\n"
+        "log.setLevel(logging.INFO)\n"
+        "assert load_pycvvdp() is not None\n"
+        "assert log.level == logging.INFO\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "CUDA" not in done.stderr, done.stderr
