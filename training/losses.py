@@ -48,6 +48,12 @@ def mu_l1_loss(pred: torch.Tensor, label: torch.Tensor, loss_map: torch.Tensor |
     return (apply_loss_map(mu_tonemap(pred), loss_map) - apply_loss_map(mu_tonemap(label), loss_map)).abs().mean()
 
 
+def linear_l1_loss(pred: torch.Tensor, label: torch.Tensor, loss_map: torch.Tensor | None = None) -> torch.Tensor:
+    """mean |ŷ·W − y·W| on linear radiance: unlike the μ-law term, it weighs an error in a
+    highlight as much as the same error in a shadow (what PSNR-l measures)."""
+    return (apply_loss_map(pred, loss_map) - apply_loss_map(label, loss_map)).abs().mean()
+
+
 # ----------------------------------------------------------------------------- VGG-19 features
 
 
@@ -228,19 +234,23 @@ class PerceptualLoss(nn.Module):
 
 
 class HDRLoss(nn.Module):
-    """μ-law L1 + ``le_lambda`` · perceptual, both weighted by the loss map.
+    """μ-law L1 + ``le_lambda`` · perceptual (the paper's loss) + ``linear_lambda`` · linear L1
+    (an addition, off by default), all weighted by the loss map.
 
-    ``forward`` returns a dict: ``loss`` (the total to back-propagate), ``l1`` and
-    ``perceptual`` (unweighted; 0 when the perceptual term is off).
+    ``forward`` returns a dict: ``loss`` (the total to back-propagate), ``l1`` (the μ-law term)
+    and ``perceptual`` (unweighted; 0 when the perceptual term is off).
     """
 
-    def __init__(self, le_lambda: float = DEFAULT_LE_LAMBDA, extractor: nn.Module | None = None) -> None:
+    def __init__(self, le_lambda: float = DEFAULT_LE_LAMBDA, extractor: nn.Module | None = None,
+                 linear_lambda: float = 0.0) -> None:
         super().__init__()
-        if le_lambda < 0:
-            raise ValueError(f"le_lambda must be >= 0, got {le_lambda}")
+        for name, weight in (("le_lambda", le_lambda), ("linear_lambda", linear_lambda)):
+            if not weight >= 0:
+                raise ValueError(f"{name} must be >= 0, got {weight}")
         if le_lambda > 0 and extractor is None:
             raise ValueError("le_lambda > 0 needs a feature extractor (see load_vgg19)")
         self.le_lambda = le_lambda
+        self.linear_lambda = linear_lambda
         self.perceptual = PerceptualLoss(extractor) if le_lambda > 0 else None
 
     def forward(self, pred: torch.Tensor, label: torch.Tensor,
@@ -248,12 +258,16 @@ class HDRLoss(nn.Module):
         pred, label = pred.float(), label.float()
         loss_map = None if loss_map is None else loss_map.float()
         l1 = mu_l1_loss(pred, label, loss_map)
+        total = l1
+        if self.linear_lambda > 0:
+            total = total + self.linear_lambda * linear_l1_loss(pred, label, loss_map)
         if self.perceptual is None:
-            return {"loss": l1, "l1": l1.detach(), "perceptual": torch.zeros_like(l1)}
+            return {"loss": total, "l1": l1.detach(), "perceptual": torch.zeros_like(l1)}
         perceptual = self.perceptual(pred, label, loss_map)
-        return {"loss": l1 + self.le_lambda * perceptual, "l1": l1.detach(), "perceptual": perceptual.detach()}
+        return {"loss": total + self.le_lambda * perceptual, "l1": l1.detach(), "perceptual": perceptual.detach()}
 
 
-def build_loss(le_lambda: float = DEFAULT_LE_LAMBDA, vgg_weights: str | os.PathLike | None = None) -> HDRLoss:
+def build_loss(le_lambda: float = DEFAULT_LE_LAMBDA, vgg_weights: str | os.PathLike | None = None,
+               linear_lambda: float = 0.0) -> HDRLoss:
     """The training loss; loads VGG-19 only when the perceptual term is on."""
-    return HDRLoss(le_lambda, load_vgg19(vgg_weights) if le_lambda > 0 else None)
+    return HDRLoss(le_lambda, load_vgg19(vgg_weights) if le_lambda > 0 else None, linear_lambda)

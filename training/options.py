@@ -61,6 +61,7 @@ OPTION_RULES = {
     "adl_drop_rate": (_unit, "a probability in [0, 1]"),
     "drop_path_rate": (lambda v: 0.0 <= v < 1.0, "a probability in [0, 1)"),
     "le_lambda": (lambda v: math.isfinite(v) and v >= 0, "a finite weight >= 0"),
+    "linear_lambda": (lambda v: math.isfinite(v) and v >= 0, "a finite weight >= 0"),
     "mask_temperature": (_finite, "a finite temperature"),
     "loss_temperature": (_finite, "a finite temperature"),
 }
@@ -112,6 +113,9 @@ def build_parser(phase: int) -> argparse.ArgumentParser:
     loss = parser.add_argument_group("loss")
     loss.add_argument("--le_lambda", type=float, default=DEFAULT_LE_LAMBDA,
                       help="weight of the VGG-19 perceptual term (0 turns it off)")
+    loss.add_argument("--linear_lambda", type=float, default=0.0,
+                      help="weight of an L1 term on linear radiance, which weighs highlights as PSNR-l does "
+                           "(an addition to the paper's loss; 0, the default, leaves it out)")
     loss.add_argument("--vgg_weights", type=Path, default=None,
                       help="ImageNet VGG-19 weights file (torchvision or timm); default: the local caches")
 

@@ -287,7 +287,7 @@ class Trainer:
                              "raise --repeat")
 
         seed_everything(args.seed)
-        self.loss_fn = build_loss(args.le_lambda, args.vgg_weights).to(self.device)
+        self.loss_fn = build_loss(args.le_lambda, args.vgg_weights, args.linear_lambda).to(self.device)
         start_epoch = self._load_initial_weights()
         self.trainable_share = 1.0
         if args.finetune_from is not None or args.is_freeze:
