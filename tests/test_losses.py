@@ -175,3 +175,25 @@ def test_a_file_that_is_not_vgg_is_refused(tmp_path):
     torch.save({"features.0.weight": torch.zeros(3)}, path)
     with pytest.raises(ValueError, match="not a VGG-19 state dict"):
         load_vgg19(path)
+
+
+def test_linear_term_adds_lambda_times_the_linear_l1_with_the_loss_map():
+    pred = torch.tensor([[[[0.55, 0.01]]]]).expand(1, 3, 1, 2).clone().requires_grad_(True)
+    label = torch.tensor([[[[0.95, 0.02]]]]).expand(1, 3, 1, 2)
+    loss_map = torch.tensor([[[[2.0, 1.0]]]])
+    plain = HDRLoss(le_lambda=0.0)(pred, label, loss_map)["loss"]
+    total = HDRLoss(le_lambda=0.0, linear_lambda=0.5)(pred, label, loss_map)
+    by_hand = (2.0 * 0.4 + 1.0 * 0.01) / 2
+    assert math.isclose(float(total["loss"] - plain), 0.5 * by_hand, rel_tol=1e-5)
+    assert math.isclose(float(total["l1"]), float(plain), rel_tol=1e-6)  # the logged l1 stays the μ-law term
+    # the highlight's error now pulls harder than in the μ-law term alone
+    mu_grad, = torch.autograd.grad(plain, pred)
+    both_grad, = torch.autograd.grad(total["loss"], pred)
+    assert both_grad[0, 0, 0, 0].abs() > 2 * mu_grad[0, 0, 0, 0].abs()
+    assert build_loss(0.0, linear_lambda=0.5).linear_lambda == 0.5
+
+
+@pytest.mark.parametrize("weight", [-0.1, float("nan")])
+def test_linear_term_weight_must_be_a_weight(weight):
+    with pytest.raises(ValueError, match="linear_lambda"):
+        HDRLoss(le_lambda=0.0, linear_lambda=weight)

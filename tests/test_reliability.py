@@ -155,7 +155,8 @@ def test_phase2_without_resume_says_it_starts_from_random_weights(data, tmp_path
     ("--max_mask_ratio", "nan"), ("--constant_mask_ratio", "-0.1"), ("--adl_drop_rate", "2"),
     ("--drop_path_rate", "1"), ("--num_workers", "-1"), ("--window_size", "0"), ("--embed_dim", "0"),
     ("--num_heads", "5"), ("--batch_size", "0"), ("--max_steps", "0"), ("--max_steps", "-3"), ("--repeat", "0"),
-    ("--le_lambda", "-1"), ("--loss_temperature", "inf"), ("--start_epoch", "0"), ("--train_patch_size", "0"),
+    ("--le_lambda", "-1"), ("--linear_lambda", "nan"), ("--loss_temperature", "inf"), ("--start_epoch", "0"),
+    ("--train_patch_size", "0"),
 ])
 def test_numeric_options_are_checked_against_their_meaning(data, tmp_path, capsys, option, value):
     extra = [option, value] if option != "--num_heads" else [option, value, value]
