@@ -12,11 +12,12 @@ DEMO_TRAIN_ARGS = --dataset_dir $(DEMO_DIR)/data --preset tiny --train_patch_siz
 	--phase1_epochs 12 --epochs 16 --metric_guided_interval 4 --test_interval 4 --num_workers 0 --seed 0
 
 # The shipped demo checkpoint (pretrain_model/demo_smnet.pth): the project's recipe, tiny network,
-# on scenes made from the real radiance maps of datasets/radiance (seed 1), one CPU thread: about
-# 90 minutes (pretrain_model/README.md has the learning curve).
+# on scenes made from the real radiance maps of datasets/radiance (seed 1, training colours varied),
+# phase 2 with the linear-radiance loss term, two CPU threads: about 90 minutes
+# (pretrain_model/README.md has the learning curve).
 CKPT_DIR ?= demo_checkpoint_run
 CKPT_TRAIN_ARGS = --dataset_dir $(CKPT_DIR)/data --preset tiny --train_patch_size 96 --batch_size 8 \
-	--phase1_epochs 26 --epochs 34 --metric_guided_interval 6 --test_interval 5 --save_interval 10 \
+	--phase1_epochs 48 --epochs 64 --metric_guided_interval 6 --test_interval 5 --save_interval 10 \
 	--num_workers 0 --seed 1 --no_progress
 
 .PHONY: setup test demo demo-checkpoint demo-checkpoint-check bench clean-demo
@@ -61,18 +62,19 @@ demo: setup
 
 demo-checkpoint: setup
 	rm -rf $(CKPT_DIR)
-	$(PY) -m datasets.real_scenes --out $(CKPT_DIR)/data --train 72 --test 6 --size 256 320 --seed 1
+	$(PY) -m datasets.real_scenes --out $(CKPT_DIR)/data --train 72 --test 6 --size 256 320 --seed 1 \
+		--colour_variation
 	$(PY) -m segmask.segment --dataset_dir $(CKPT_DIR)/data --mode superpixel --no_progress
-	OMP_NUM_THREADS=1 $(PY) train_phase1.py $(CKPT_TRAIN_ARGS) --repeat 6 --logdir $(CKPT_DIR)/phase1
-	OMP_NUM_THREADS=1 $(PY) train_phase2.py $(CKPT_TRAIN_ARGS) --repeat 10 --logdir $(CKPT_DIR)/phase2 \
-		--resume $(CKPT_DIR)/phase1/last.pth
+	OMP_NUM_THREADS=2 $(PY) train_phase1.py $(CKPT_TRAIN_ARGS) --repeat 6 --logdir $(CKPT_DIR)/phase1
+	OMP_NUM_THREADS=2 $(PY) train_phase2.py $(CKPT_TRAIN_ARGS) --repeat 10 --linear_lambda 1 \
+		--logdir $(CKPT_DIR)/phase2 --resume $(CKPT_DIR)/phase1/last.pth
 	$(PY) -m models.checkpoint export $(CKPT_DIR)/phase2/last.pth pretrain_model/demo_smnet.pth --overwrite
 
-# The demo checkpoint (CHECKPOINT=… for another) against the baselines on 35 more held-out scenes:
-# five sets cut from the held-out radiance maps (pretrain_model/README.md has the table).
+# The demo checkpoint (CHECKPOINT=… for another) against the baselines on 47 more held-out scenes:
+# six sets cut from the held-out radiance maps (pretrain_model/README.md has the table).
 CHECK_DIR ?= demo_checkpoint_check
 CHECKPOINT ?= pretrain_model/demo_smnet.pth
-CHECK_SETS = 3:3:192:256 5:2:160:224 11:12:256:320 2026:12:256:320 2027:6:384:512
+CHECK_SETS = 3:3:192:256 5:2:160:224 11:12:256:320 2026:12:256:320 2027:6:384:512 4242:12:320:448
 demo-checkpoint-check: setup
 	@for set in $(CHECK_SETS); do \
 		set -- $$(echo $$set | tr : ' '); \
