@@ -6,10 +6,8 @@ import importlib.util
 import json
 import logging
 import math
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -309,7 +307,7 @@ def test_format_table_lists_scenes_and_the_mean() -> None:
     assert "mean" not in format_table(make_table().rows, with_mean=False)
 
 
-def test_loading_cvvdp_leaves_the_extension_builders_log_level_alone_and_quiet() -> None:
+def test_loading_cvvdp_leaves_the_extension_builders_log_level_alone_and_quiet(run_python) -> None:
     """pycvvdp imports torch's extension builder, which warns about a missing CUDA toolkit on
     CPU-only machines; loading the optional metrics must not print that, nor change its level."""
     if importlib.util.find_spec("pycvvdp") is None:
@@ -323,7 +321,6 @@ def test_loading_cvvdp_leaves_the_extension_builders_log_level_alone_and_quiet()
         "assert load_pycvvdp() is not None\n"
         "assert log.level == logging.INFO\n"
     )
-    root = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, check=False)
+    done = run_python(script)
     assert done.returncode == 0, done.stderr
     assert "CUDA" not in done.stderr, done.stderr

@@ -351,11 +351,8 @@ def test_biased_attention_gradients_match_autograd(batched_bias: bool, layout: s
     assert torch.allclose(BiasedAttention.apply(qkv, bias, 0.4), reference)
 
 
-def test_keep_freed_memory_reuses_large_blocks() -> None:
+def test_keep_freed_memory_reuses_large_blocks(run_python) -> None:
     """After the malloc setting, a freed full-image activation is reused, not faulted in anew."""
-    import subprocess
-    import sys
-
     script = (
         "import resource, torch\n"
         "from utils.cpu_memory import keep_freed_memory\n"
@@ -367,10 +364,11 @@ def test_keep_freed_memory_reuses_large_blocks() -> None:
         "    torch.ones(64 << 20, dtype=torch.uint8)\n"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
     )
-    root = Path(__file__).resolve().parents[1]
-    faults = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, check=True)
+    done = run_python(script)
+    assert done.returncode == 0, done.stderr
+    faults = done.stdout
     # Each 64 MiB block fresh from the system would fault in 16384 pages of 4 KiB.
-    assert int(faults.stdout) < 16384
+    assert int(faults) < 16384
 
 
 @pytest.mark.parametrize("batch, exposures", [(1, 3), (2, 1), (2, 2), (3, 5), (1, 6)])

@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -14,7 +11,6 @@ import torch
 from evaluation.previews import mu_error_heatmap, side_by_side, write_rgb
 from utils.tonemap import MU, mu_tonemap, to_uint8, tonemap_for_display
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 OPENCV_OPERATORS = ["reinhard", "mantiuk"]
 ALL_OPERATORS = [*OPENCV_OPERATORS, "mu"]
 
@@ -141,7 +137,7 @@ def test_titles_add_a_caption_bar(tmp_path) -> None:
     np.testing.assert_array_equal(cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB), image)
 
 
-def test_reinhard_preview_prints_no_opencv_warning_and_keeps_the_log_level() -> None:
+def test_reinhard_preview_prints_no_opencv_warning_and_keeps_the_log_level(run_python) -> None:
     """OpenCV's Reinhard operator warns about its own internal expressions on first use; a
     preview must not print that, and OpenCV's log level is restored afterwards."""
     script = (
@@ -151,8 +147,6 @@ def test_reinhard_preview_prints_no_opencv_warning_and_keeps_the_log_level() -> 
         "tonemap_for_display(np.random.default_rng(0).random((16, 24, 3), dtype=np.float32) * 4)\n"
         "assert cv2.utils.logging.getLogLevel() == before\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, check=False
-    )
+    done = run_python(script)
     assert done.returncode == 0, done.stderr
     assert "multi-channel" not in done.stderr and "WARN" not in done.stderr, done.stderr

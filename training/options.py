@@ -44,6 +44,10 @@ def _positive(value: float) -> bool:
     return math.isfinite(value) and value > 0
 
 
+def _non_negative(value: float) -> bool:
+    return math.isfinite(value) and value >= 0
+
+
 def _unit(value: float) -> bool:
     return 0.0 <= value <= 1.0
 
@@ -55,13 +59,12 @@ OPTION_RULES = {
     "num_workers": (lambda v: v >= 0, "0 (read in the training process) or more worker processes"),
     "phase1_epochs": (lambda v: v >= 0, "0 or more epochs"),
     "lr": (_positive, "a positive finite learning rate"),
-    "lr_min": (lambda v: math.isfinite(v) and v >= 0, "a finite learning rate >= 0"),
+    "lr_min": (_non_negative, "a finite learning rate >= 0"),
     "max_mask_ratio": (_unit, "a mask ratio in [0, 1]"),
     "constant_mask_ratio": (_unit, "a mask ratio in [0, 1]"),
     "adl_drop_rate": (_unit, "a probability in [0, 1]"),
     "drop_path_rate": (lambda v: 0.0 <= v < 1.0, "a probability in [0, 1)"),
-    "le_lambda": (lambda v: math.isfinite(v) and v >= 0, "a finite weight >= 0"),
-    "linear_lambda": (lambda v: math.isfinite(v) and v >= 0, "a finite weight >= 0"),
+    **{name: (_non_negative, "a finite weight >= 0") for name in ("le_lambda", "linear_lambda")},
     "mask_temperature": (_finite, "a finite temperature"),
     "loss_temperature": (_finite, "a finite temperature"),
 }
