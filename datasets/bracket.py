@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
-from utils.image_io import ImageReadError, read_ldr
+from utils.cli import UsageError
+from utils.image_io import ImageReadError, read_ldr_frame
 
-from .scene import SceneError, SceneLayout, read_exposures
+from .scene import SceneError, SceneLayout, check_colour_agreement, check_stops, read_exposures
 
 PathLike = str | Path
 
@@ -38,7 +39,7 @@ EXPOSURE_FILE = SceneLayout.exposure_file
 _NOT_FRAMES = {SceneLayout().masks_preview_file}
 
 
-class BracketError(ValueError):
+class BracketError(UsageError):
     """A bracket that cannot be used: missing or unreadable frames, unknown or equal exposures."""
 
 
@@ -163,6 +164,13 @@ def exif_stops(files: Sequence[Path]) -> list[float] | None:
     return [float(s) for s in np.log2(exposures / exposures.min())]
 
 
+def _check_stops(values: Sequence[float], where: str) -> None:
+    try:
+        check_stops(values, where)
+    except SceneError as err:
+        raise BracketError(str(err)) from None
+
+
 def _order_by_exposure(files: Sequence[Path], stops: Sequence[float]) -> tuple[tuple[Path, ...], tuple[float, ...]]:
     """Files and stops sorted shortest first; equal exposures are an error naming both files."""
     order = sorted(range(len(files)), key=lambda i: stops[i])
@@ -209,8 +217,7 @@ def find_bracket(inputs: PathLike | Sequence[PathLike], stops: Sequence[float] |
         if len(values) != len(files):
             raise BracketError(f"--stops: {len(values)} values for the {len(files)} frames of {where} "
                                f"({', '.join(p.name for p in files)})")
-        if not all(math.isfinite(v) for v in values):
-            raise BracketError(f"--stops: values must be finite numbers, got {values}")
+        _check_stops(values, "--stops")
         values = [v - min(values) for v in values]
     elif folder is not None and (folder / EXPOSURE_FILE).is_file():
         try:
@@ -226,23 +233,30 @@ def find_bracket(inputs: PathLike | Sequence[PathLike], stops: Sequence[float] |
             raise BracketError(f"{where}: no exposure information: provide --stops, an {EXPOSURE_FILE} in the "
                                f"folder, or files with EXIF exposure times")
         values, source = found, "EXIF"
+        _check_stops(values, f"{where}: the exposures in the files' EXIF")
     ordered_files, ordered_stops = _order_by_exposure(files, values)
     return BracketSource(bracket_name, ordered_files, ordered_stops, source)
 
 
 def load_bracket(source: BracketSource) -> Bracket:
     """Decode the frames of a found bracket and check they share one size."""
-    ldrs = []
+    ldrs, grayscale = [], []
     for path in source.files:
         try:
-            ldrs.append(read_ldr(path))
+            frame = read_ldr_frame(path)
         except ImageReadError as err:
             raise BracketError(str(err)) from None
+        ldrs.append(frame.rgb)
+        grayscale.append(frame.grayscale)
         if ldrs[-1].shape != ldrs[0].shape:
             h0, w0 = ldrs[0].shape[:2]
             h, w = ldrs[-1].shape[:2]
             raise BracketError(f"{path}: {h}×{w} pixels, but {source.files[0].name} is {h0}×{w0}; "
                                f"the frames of a bracket must have one size")
+    try:
+        check_colour_agreement(source.files, grayscale, f"bracket {source.name}")
+    except SceneError as err:
+        raise BracketError(str(err)) from None
     return Bracket(source, np.stack(ldrs))
 
 

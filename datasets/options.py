@@ -19,12 +19,21 @@ SPLIT_DEFAULTS = {"train": "Training", "test": "Test"}
 RELEASED_CACHE_CHOICES = {0: "none", 1: "npy", 2: "memory"}
 
 
+def non_empty_path(value: str) -> Path:
+    """A path option's value; an empty one (``--dataset_dir ''``, an unset shell variable) is
+    refused rather than taken for the current folder."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("empty; give a folder (an unset shell variable?)")
+    return Path(value)
+
+
 def add_data_options(parser: argparse.ArgumentParser, splits: Sequence[str] = ("train", "test"),
                      cache: bool = True) -> argparse._ArgumentGroup:
     """Add ``--dataset_dir``, one ``--<split>_path`` per split, the scene-layout options and
     (with ``cache``) ``--cache``; returns the group."""
     group = parser.add_argument_group("data")
-    group.add_argument("--dataset_dir", type=Path, required=True, help="dataset folder holding the split folders")
+    group.add_argument("--dataset_dir", type=non_empty_path, required=True,
+                       help="dataset folder holding the split folders")
     for split in splits:
         group.add_argument(f"--{split}_path", default=SPLIT_DEFAULTS[split],
                            help=f"{split} split folder inside --dataset_dir")
@@ -51,10 +60,13 @@ def add_data_options(parser: argparse.ArgumentParser, splits: Sequence[str] = ("
 
 
 def scene_layout(args: argparse.Namespace) -> SceneLayout:
-    """The scene layout the parsed data options describe."""
-    return SceneLayout(ldr_pattern=args.ldr_pattern, ldr_subdir=args.ldr_subdir, exposure_file=args.exposure_file,
-                       label_file=args.label_file, masks_file=args.masks_file,
-                       released_8bit_scaling=args.released_8bit_scaling)
+    """The scene layout the parsed data options describe, checked (``SceneLayout.check``: a
+    SceneError naming the options when one file would play two parts)."""
+    layout = SceneLayout(ldr_pattern=args.ldr_pattern, ldr_subdir=args.ldr_subdir, exposure_file=args.exposure_file,
+                         label_file=args.label_file, masks_file=args.masks_file,
+                         released_8bit_scaling=args.released_8bit_scaling)
+    layout.check()
+    return layout
 
 
 def cache_mode(args: argparse.Namespace) -> str | None:

@@ -11,28 +11,36 @@ Layout (all file names are options, see `SceneLayout`)::
 """
 from __future__ import annotations
 
+import codecs
+import fnmatch
+import logging
 import math
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Sequence, TypeVar, Union
 
 import numpy as np
 
-from utils.image_io import RELEASED_8BIT_SCALE, ImageReadError, read_hdr, read_ldr
-
 from utils.atomic_io import save_npy_atomically
+from utils.cli import UsageError
+from utils.image_io import RELEASED_8BIT_SCALE, ImageReadError, read_hdr, read_ldr_frame
 
 PathLike = Union[str, Path]
+T = TypeVar("T")
 
 MAX_SEGMENT_ID = 2**24 - 1
 """Largest segment ID a masks file may hold: IDs are stored as float32, exact up to 2**24, and
 the per-segment tables of training are sized by the largest ID in use."""
 LABEL_CEILING = 1e6
 """Labels are relative radiance (Kalantari's lie in about [0, 1]); a value above this is a broken file."""
+MAX_ABS_STOP = 32.0
+"""Largest exposure value (in stops, either sign) a scene or bracket may give: 2**32 between two
+frames is beyond any camera, and much larger values overflow the network input (2**stop in float32)."""
+LOG = logging.getLogger("smhdr.data")
 
 
-class SceneError(ValueError):
+class SceneError(UsageError):
     """A dataset split or scene is missing files or holds inconsistent data."""
 
 
@@ -52,6 +60,29 @@ class SceneLayout:
     def masks_preview_file(self) -> str:
         """The viewable preview written next to the masks (never taken for an LDR)."""
         return str(Path(self.masks_file).with_suffix(".png"))
+
+    def check(self) -> None:
+        """Refuse file names that would make one file play two parts (a label taken for an LDR,
+        masks written over the label): raises SceneError naming the options."""
+        roles = {"--label_file": self.label_file, "--exposure_file": self.exposure_file,
+                 "--masks_file": self.masks_file}
+        for option, name in roles.items():
+            if not name or name in (".", ".."):
+                raise SceneError(f"{option} {name!r}: not a file name")
+        seen: dict[str, str] = {}
+        for option, name in roles.items():
+            if name in seen:
+                raise SceneError(f"{option} {name} and {seen[name]} {name} name the same file; give each its own name")
+            seen[name] = option
+        if self.masks_preview_file in (self.label_file, self.exposure_file):
+            raise SceneError(f"--masks_file {self.masks_file}: its preview {self.masks_preview_file} would be "
+                             "written over the scene's label or exposure file; choose another name")
+        if self.ldr_subdir:
+            return
+        for option, name in roles.items():
+            if fnmatch.fnmatchcase(name, self.ldr_pattern):
+                raise SceneError(f"{option} {name} matches --ldr_pattern {self.ldr_pattern!r}: it would be taken "
+                                 f"for one of the LDR exposures; give {option} another name or narrow --ldr_pattern")
 
 
 @dataclass
@@ -80,12 +111,27 @@ class Scene:
         return self.num_exposures // 2
 
 
+def _refuse_unresolvable_link(path: Path, what: str) -> None:
+    """A symbolic link that leads nowhere (dangling, or a loop) is named, never skipped silently."""
+    if path.is_symlink():
+        try:
+            path.resolve(strict=True)
+        except (OSError, RuntimeError) as err:
+            why = "a symbolic link loop" if "loop" in str(err).lower() or isinstance(err, RuntimeError) \
+                else "a symbolic link to nothing"
+            raise SceneError(f"{what} {path}: {why}; remove or repair the link") from None
+
+
 def list_scenes(dataset_dir: PathLike, split: str) -> list[Path]:
     """Sorted scene folders of `<dataset_dir>/<split>`; hidden folders are skipped."""
     split_dir = Path(dataset_dir) / split
     if not split_dir.is_dir():
-        raise SceneError(f"split folder not found: {split_dir}")
-    scenes = sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+        where = f"--dataset_dir {dataset_dir}" if Path(dataset_dir).is_dir() else f"--dataset_dir {dataset_dir} (no such folder)"
+        raise SceneError(f"split folder not found: {split_dir} ({where}; the split is {split!r})")
+    entries = sorted(p for p in split_dir.iterdir() if not p.name.startswith("."))
+    for entry in entries:
+        _refuse_unresolvable_link(entry, "scene entry")
+    scenes = [p for p in entries if p.is_dir()]
     if not scenes:
         raise SceneError(f"split folder holds no scene folders: {split_dir}")
     return scenes
@@ -96,7 +142,10 @@ def find_ldr_files(scene_dir: PathLike, layout: SceneLayout = SceneLayout()) -> 
     scene_dir = Path(scene_dir)
     ldr_dir = scene_dir / layout.ldr_subdir if layout.ldr_subdir else scene_dir
     not_ldrs = {layout.masks_preview_file, layout.label_file}
-    files = sorted(p for p in ldr_dir.glob(layout.ldr_pattern) if p.is_file() and p.name not in not_ldrs)
+    matches = sorted(p for p in ldr_dir.glob(layout.ldr_pattern) if p.name not in not_ldrs)
+    for path in matches:
+        _refuse_unresolvable_link(path, f"scene {scene_dir.name}: LDR file")
+    files = [p for p in matches if p.is_file()]
     if not files:
         raise SceneError(f"scene {scene_dir.name}: no LDR files matching {layout.ldr_pattern!r} in {ldr_dir}")
     return files
@@ -108,6 +157,47 @@ def reference_ldr_file(scene_dir: PathLike, layout: SceneLayout = SceneLayout())
     return files[len(files) // 2]
 
 
+def read_text_file(path: Path) -> str:
+    """A small text file as editors on any system write it: UTF-8 with or without a byte-order
+    mark, or UTF-16 with one (Windows' "Unicode"); line ends of any kind are left to the caller."""
+    raw = path.read_bytes()
+    for bom, encoding in ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"),
+                          (codecs.BOM_UTF16_BE, "utf-16")):
+        if raw.startswith(bom):
+            return raw.decode(encoding)
+    return raw.decode("utf-8")
+
+
+def check_stops(values: Sequence[float], where: str) -> None:
+    """Exposure values every command can use: finite, within ±``MAX_ABS_STOP``, not all equal.
+    Raises SceneError naming ``where`` (the file or option they came from)."""
+    if not values or not all(math.isfinite(v) for v in values):
+        raise SceneError(f"{where}: exposure values must be finite numbers, got {list(values)}")
+    if max(abs(v) for v in values) > MAX_ABS_STOP:
+        raise SceneError(f"{where}: exposure values must lie within ±{MAX_ABS_STOP:g} stops (2**stop overflows "
+                         f"the network input far beyond that), got {[float(v) for v in values]}")
+    if len(values) > 1 and max(values) == min(values):
+        raise SceneError(f"{where}: all exposures are equal ({values[0]:g} stops); the frames of a scene must "
+                         "be differently exposed")
+
+
+_OFFSET_NOTED: set[str] = set()
+
+
+def note_exposure_offset(values: Sequence[float], where: str) -> None:
+    """Say once per process what exposure values that do not start at 0 mean. They are used as
+    given, as the released code does: the network sees LDR**2.2 / 2**stop, so ``-4 -2 0`` feeds
+    it 16 times the radiance of ``0 2 4`` and scores very differently on a checkpoint trained on
+    brackets that start at 0."""
+    if not values or values[0] == 0 or _OFFSET_NOTED:
+        return
+    _OFFSET_NOTED.add(where)
+    LOG.warning(f"{where}: exposure values start at {values[0]:g}, not 0; they are used as given (as the released "
+                f"code does): the network input LDR^2.2/2^stop is then {2.0 ** -values[0]:g} times that of the "
+                "same bracket starting at 0, which the benchmark checkpoints were not trained on. Subtract the "
+                "first value from every line to follow the benchmarks' convention")
+
+
 def read_exposures(scene_dir: PathLike, layout: SceneLayout = SceneLayout()) -> np.ndarray:
     """Exposure values in stops (float32), one per non-empty line of the exposure file."""
     scene_dir = Path(scene_dir)
@@ -115,15 +205,20 @@ def read_exposures(scene_dir: PathLike, layout: SceneLayout = SceneLayout()) -> 
     if not path.is_file():
         raise SceneError(f"scene {scene_dir.name}: exposure file missing: {path}")
     try:
-        values = [float(token) for token in path.read_text().split()]
+        text = read_text_file(path)
+    except UnicodeDecodeError as err:
+        raise SceneError(f"scene {scene_dir.name}: exposure file {path} is not a text file ({err.reason} at "
+                         f"byte {err.start})") from None
+    try:
+        values = [float(token) for token in text.split()]
     except ValueError as err:
         raise SceneError(f"scene {scene_dir.name}: cannot parse exposure file {path}: {err}") from None
-    if not values or not all(math.isfinite(v) for v in values):
-        raise SceneError(f"scene {scene_dir.name}: exposure file {path} must hold finite numbers, got {values}")
+    check_stops(values, f"scene {scene_dir.name}: exposure file {path}")
     if any(b < a for a, b in zip(values, values[1:])):
         raise SceneError(
             f"scene {scene_dir.name}: exposures in {path} must be sorted shortest first, got {values}"
         )
+    note_exposure_offset(values, f"scene {scene_dir.name} ({path})")
     return np.asarray(values, dtype=np.float32)
 
 
@@ -132,6 +227,17 @@ def scene_source_files(scene_dir: PathLike, layout: SceneLayout = SceneLayout())
     scene_dir = Path(scene_dir)
     optional = [scene_dir / layout.exposure_file, scene_dir / layout.label_file, scene_dir / layout.masks_file]
     return find_ldr_files(scene_dir, layout) + [p for p in optional if p.is_file()]
+
+
+def scene_input_files(scene_dir: PathLike, layout: SceneLayout = SceneLayout()) -> list[Path]:
+    """The files a scene consists of, which no command may write over: every file matching the
+    LDR pattern, the exposure file and the label. The masks preview counts as an LDR too unless
+    the masks file beside it shows that it is a preview (a PNG dataset's ``masks.png``)."""
+    scene_dir = Path(scene_dir)
+    ldr_dir = scene_dir / layout.ldr_subdir if layout.ldr_subdir else scene_dir
+    ours = {layout.label_file} | ({layout.masks_preview_file} if (scene_dir / layout.masks_file).is_file() else set())
+    files = [p for p in ldr_dir.glob(layout.ldr_pattern) if p.is_file() and p.name not in ours]
+    return files + [p for p in (scene_dir / layout.exposure_file, scene_dir / layout.label_file) if p.is_file()]
 
 
 def _missing_file_error(scene_dir: Path, path: Path, what: str) -> SceneError:
@@ -170,7 +276,26 @@ def check_scene_files(
     return ldr_files, exposures
 
 
-def _read_image(scene_name: str, reader: Callable[[Path], np.ndarray], path: Path) -> np.ndarray:
+def check_colour_agreement(files: Sequence[Path], grayscale: Sequence[bool], where: str) -> None:
+    """Frames of one scene or bracket are all colour or all grayscale: a grayscale frame among
+    colour ones is a different photograph or a broken export, and is refused naming both files.
+    An all-grayscale set is used as gray RGB, which is said once."""
+    if all(grayscale):
+        if where not in _GRAY_NOTED:
+            _GRAY_NOTED.add(where)
+            LOG.warning(f"{where}: every frame is grayscale; each is used as RGB with three equal channels")
+        return
+    if any(grayscale):
+        gray = files[list(grayscale).index(True)]
+        colour = files[list(grayscale).index(False)]
+        raise SceneError(f"{where}: {gray} is a grayscale image but {colour} is in colour; the frames must all be "
+                         "colour (or all grayscale)")
+
+
+_GRAY_NOTED: set[str] = set()
+
+
+def _read_image(scene_name: str, reader: Callable[[Path], T], path: Path) -> T:
     try:
         return reader(path)
     except ImageReadError as err:
@@ -239,7 +364,10 @@ def load_scene(
     ldr_files, exposures = check_scene_files(scene_dir, layout, require_label, require_masks)
 
     eight_bit_scale = RELEASED_8BIT_SCALE if layout.released_8bit_scaling else 255.0
-    ldrs = [_read_image(name, partial(read_ldr, eight_bit_scale=eight_bit_scale), path) for path in ldr_files]
+    frames = [_read_image(name, partial(read_ldr_frame, eight_bit_scale=eight_bit_scale), path)
+              for path in ldr_files]
+    check_colour_agreement(ldr_files, [frame.grayscale for frame in frames], f"scene {name}")
+    ldrs = [frame.rgb for frame in frames]
     size = ldrs[0].shape[:2]
     for path, ldr in zip(ldr_files, ldrs):
         _check_size(name, "LDR", path, ldr.shape, size)

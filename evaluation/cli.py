@@ -9,11 +9,12 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
 from datasets import HDRFullImageDataset, find_ldr_files
+from datasets.scene import scene_input_files
 from datasets.options import add_data_options, cache_mode, scene_layout
 from evaluation.evaluate import BASELINE_TITLES, BASELINES, EvaluationResult, evaluate_baselines, evaluate_scenes
 from evaluation.metrics import MetricSettings
@@ -37,6 +38,7 @@ from utils.cli import (
     inert_notes,
 )
 from utils.distributed import resolve_device
+from utils.safe_paths import check_writable_folder, refuse_overwriting
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -126,11 +128,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_cli(lambda: evaluate(args), args.debug)
 
 
+def planned_outputs(args: argparse.Namespace, dataset: HDRFullImageDataset, folders: Mapping[Path, Path]
+                    ) -> list[Path]:
+    """Every file this run may write: per output folder the scenes' images and the tables, the
+    baselines' folders and tables, and the test log."""
+    out_dirs = list(folders.values()) + ([args.save_dir / "baselines" / name for name in BASELINES]
+                                         if args.baselines else [])
+    targets = [args.save_dir / "baselines.csv", args.save_dir / "checkpoints.csv"]
+    for out_dir in out_dirs:
+        writer = SceneOutputWriter(out_dir)
+        targets += [out_dir / "metrics.csv", out_dir / "summary.json"]
+        targets += [path for scene in dataset.scene_names for path in writer.paths(scene).values()]
+    if args.log_dir is not None:
+        targets.append(args.log_dir / "test.log")
+    return targets
+
+
+def check_outputs(args: argparse.Namespace, dataset: HDRFullImageDataset, folders: Mapping[Path, Path],
+                  checkpoints: Sequence[Path]) -> None:
+    """Before the first output: no output is one of the run's inputs (a scene's files, a
+    checkpoint), whatever --save_dir or --log_dir say, and the output folders can be written."""
+    inputs = [path for scene_dir in dataset.scene_dirs for path in scene_input_files(scene_dir, dataset.layout)]
+    refuse_overwriting(planned_outputs(args, dataset, folders), [*inputs, *checkpoints],
+                       how=f"--save_dir {args.save_dir}" + (f" / --log_dir {args.log_dir}" if args.log_dir else ""))
+    check_writable_folder(args.save_dir, "--save_dir")
+    if args.log_dir is not None:
+        check_writable_folder(args.log_dir, "--log_dir")
+
+
 def evaluate(args: argparse.Namespace) -> int:
     """The evaluation of parsed options (see ``main``); unusable options or data raise before
     anything is written."""
     if args.save_dir.exists() and not args.save_dir.is_dir():
         raise UsageError(f"--save_dir {args.save_dir} is a file, not a folder")
+    if args.log_dir is not None and args.log_dir.exists() and not args.log_dir.is_dir():
+        raise UsageError(f"--log_dir {args.log_dir} is a file, not a folder")
     checkpoints = list_checkpoints(args.pretrained_model)
     device = resolve_device(args.device)
     inference, amp_note = inference_settings(args, device)
@@ -140,6 +172,7 @@ def evaluate(args: argparse.Namespace) -> int:
         print(f"note: {amp_note}")
 
     folders = output_folders(checkpoints, args.save_dir, from_folder=args.pretrained_model.is_dir())
+    check_outputs(args, dataset, folders, checkpoints)
     protocol = inference.describe()
     common: dict[str, Any] = dict(
         dataset_dir=args.dataset_dir.resolve(), split=args.test_path, protocol=protocol, metric_settings=metrics,
@@ -152,7 +185,8 @@ def evaluate(args: argparse.Namespace) -> int:
     # leave new images next to old numbers
     for stale in [args.save_dir / "baselines.csv", args.save_dir / "checkpoints.csv",
                   *(folder / name for folder in folders.values() for name in ("metrics.csv", "summary.json"))]:
-        stale.unlink(missing_ok=True)
+        if stale.is_file():
+            stale.unlink()
     for checkpoint in checkpoints:
         out_dir = folders[checkpoint]
         try:

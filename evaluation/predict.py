@@ -11,8 +11,9 @@ exposures come from ``--stops``, the folder's ``exposure.txt`` or the files' EXI
 ``test.py`` writes), ``<name>.png`` (tone-mapped preview) and with ``--exr`` ``<name>.exr``
 (half float); each scene's files are written atomically, together.
 
-Exit codes: 0 done, 1 the checkpoint could not be loaded, 2 unusable input or options (one line
-``error: ...`` naming the file or option). Every input is checked for frames and exposures
+Exit codes: 0 done, 1 the checkpoint could not be loaded or an output could not be written (a
+full disk), 2 unusable input or options (one line ``error: ...`` naming the file or option).
+Outputs are plain file names inside ``--save_dir`` and never replace an input. Every input is checked for frames and exposures
 before the first is processed; a frame that fails to decode stops the run there (exit 2),
 keeping the complete outputs of the brackets already done.
 """
@@ -20,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
+import logging
 import os
 import sys
 import time
@@ -31,16 +34,17 @@ import torch
 from tqdm import tqdm
 
 from datasets.align import MOTION_MODELS, align_bracket
-from datasets.bracket import BracketSource, find_bracket, load_bracket
+from datasets.bracket import EXPOSURE_FILE, BracketSource, find_bracket, load_bracket
 from datasets.preprocess import build_network_input
 from evaluation.options import add_preview_option
 from models.channel_attention import channel_attention_heads
 from models.checkpoint import load_model
 from models.inference import TEST_PAD_MULTIPLE, InferenceSettings, eval_mode, predict, resolve_amp
 from utils.atomic_io import atomic_path
-from utils.cli import EXIT_OK, UsageError, add_debug_option, add_device_options, run_cli
+from utils.cli import EXIT_OK, RunFailed, UsageError, add_debug_option, add_device_options, describe_os_error, run_cli
 from utils.distributed import resolve_device
 from utils.image_io import write_hdr, write_png
+from utils.safe_paths import check_writable_folder, file_name_in, refuse_overwriting
 from utils.tonemap import tonemap_for_display
 
 BYTES_PER_PIXEL_PER_CHANNEL = 50
@@ -132,6 +136,22 @@ def check_exposure_count(model: torch.nn.Module, source: BracketSource) -> None:
         raise UsageError(f"{source.files[0].parent}: this checkpoint cannot merge the bracket: {err}") from None
 
 
+def check_outputs(args: argparse.Namespace, sources: Sequence[BracketSource]) -> None:
+    """Before the first output: every output name is a plain file name inside --save_dir, no
+    output is one of the inputs (a frame, an exposure file, the checkpoint), and --save_dir can
+    be written."""
+    inputs = [args.pretrained_model]
+    if args.name is not None:
+        file_name_in(args.save_dir, args.name, "--name")
+    for source in sources:
+        file_name_in(args.save_dir, source.name, "the output name")
+        folder = source.files[0].parent
+        inputs += [*source.files, *([folder / EXPOSURE_FILE] if (folder / EXPOSURE_FILE).is_file() else [])]
+    targets = [path for source in sources for path in output_paths(args.save_dir, source.name, args.exr)]
+    refuse_overwriting(targets, inputs, how=f"--save_dir {args.save_dir}" + (f" --name {args.name}" if args.name else ""))
+    check_writable_folder(args.save_dir, "--save_dir")
+
+
 def require_openexr() -> None:
     try:
         import OpenEXR  # noqa: F401
@@ -191,8 +211,12 @@ def write_exr(path: str | os.PathLike, rgb: np.ndarray) -> None:
     import OpenEXR
 
     header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
-    with OpenEXR.File(header, {"RGB": np.ascontiguousarray(rgb, dtype=np.float16)}) as exr:
-        exr.write(str(path))
+    try:
+        with OpenEXR.File(header, {"RGB": np.ascontiguousarray(rgb, dtype=np.float16)}) as exr:
+            exr.write(str(path))
+    except RuntimeError as err:  # OpenEXR reports a failed write (a full disk) this way
+        full = "no space left" in str(err).lower()
+        raise OSError(errno.ENOSPC if full else errno.EIO, str(err).splitlines()[0], str(path)) from None
 
 
 def output_paths(save_dir: Path, name: str, exr: bool) -> list[Path]:
@@ -237,7 +261,8 @@ def process(source: BracketSource, model: torch.nn.Module, device: torch.device,
     try:
         write_outputs(args.save_dir, source.name, hdr, args.preview_operator, args.exr)
     except OSError as err:
-        raise UsageError(f"--save_dir {args.save_dir}: cannot write the outputs of {source.name}: {err}") from None
+        raise RunFailed(f"--save_dir {args.save_dir}: cannot write the outputs of {source.name}: "
+                        f"{describe_os_error(err)}") from None
     stops = ", ".join(f"{stop:g}" for stop in source.stops)
     return (f"{source.name}: {width}×{height}, {len(source.files)} exposures ({stops} stops, from "
             f"{source.exposure_source}), {alignment}, {f'tiles of {tile}' if tile else 'one pass'}: "
@@ -247,6 +272,7 @@ def process(source: BracketSource, model: torch.nn.Module, device: torch.device,
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the prediction; returns the exit code (0 ok, 1 the checkpoint failed, 2 unusable input)."""
     args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="note: %(message)s")
     return run_cli(lambda: predict_all(args), args.debug)
 
 
@@ -264,6 +290,7 @@ def predict_all(args: argparse.Namespace) -> int:
     model = load_model(args.pretrained_model, device=device)
     for source in sources:
         check_exposure_count(model, source)
+    check_outputs(args, sources)
     for source in tqdm(sources, desc="predict", unit="scene", disable=args.no_progress):
         tqdm.write(process(source, model, device, amp, args))
     print(f"outputs in {args.save_dir}")

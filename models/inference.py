@@ -225,7 +225,10 @@ class InferenceSettings:
 def predict(model: nn.Module, inputs: torch.Tensor, device: torch.device | str,
             settings: InferenceSettings = InferenceSettings()) -> torch.Tensor:
     """B×3×H×W float32 CPU prediction of CPU inputs: one pass on ``device``, or tiles (only one
-    tile on the device at a time) when ``settings.tile`` is set."""
+    tile on the device at a time) when ``settings.tile`` is set. Inputs that are not all finite
+    numbers are refused (ValueError): they could only give a NaN image."""
+    if not bool(torch.isfinite(inputs).all()):
+        raise ValueError("the network input holds NaN or infinite values (check the exposure values)")
     if settings.tile > 0:
         return reconstruct_tiled(model, inputs, settings.tile, settings.tile_overlap, settings.amp,
                                  settings.pad_multiple, device=device)

@@ -31,11 +31,14 @@ from datasets.scene import (
     list_scenes,
     read_segments,
     reference_ldr_file,
+    scene_input_files,
     write_segments,
 )
 from utils.cli import add_debug_option, add_inert_options, inert_notes, run_cli
+from utils.distributed import resolve_device
 from utils.image_io import read_ldr_uint8, write_png
 from utils.safe_load import load_tensors
+from utils.safe_paths import refuse_overwriting
 
 MIN_AREA = 1000
 DEFAULT_SUPERPIXELS = 32
@@ -258,7 +261,11 @@ def segment_split(dataset_dir: Union[str, Path], split: str = "Training", propos
     """
     next_id = 0
     ids_by_scene: dict[str, np.ndarray] = {}
-    scenes = tqdm(list_scenes(dataset_dir, split), desc=f"segmenting {split}", unit="scene", disable=not progress)
+    scene_dirs = list_scenes(dataset_dir, split)
+    for scene_dir in scene_dirs:  # before anything is written: the maps never replace a scene's own files
+        refuse_overwriting([scene_dir / layout.masks_file, _preview_path(scene_dir, layout)],
+                           scene_input_files(scene_dir, layout), how=f"--masks_file {layout.masks_file}")
+    scenes = tqdm(scene_dirs, desc=f"segmenting {split}", unit="scene", disable=not progress)
     for scene_dir in scenes:
         masks_path = scene_dir / layout.masks_file
         if masks_path.is_file() and not overwrite:
@@ -320,9 +327,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     for note in inert_notes(args, INERT_OPTIONS):
         print(note)
-    layout = scene_layout(args)
 
     def segment() -> int:
+        layout = scene_layout(args)
+        args.device = resolve_device(args.device)
         count = segment_split(args.dataset_dir, args.train_path, make_proposer(args), layout, args.overwrite,
                               args.min_area, progress=not args.no_progress)
         print(f"{args.dataset_dir / args.train_path}: {count} segment IDs (0..{count - 1})")

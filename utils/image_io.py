@@ -6,12 +6,14 @@ normalised the way the released checkpoints expect: 16-bit values divided by 2**
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 from typing import Union
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from utils.atomic_io import atomic_path
 
@@ -30,12 +32,42 @@ class ImageWriteError(OSError):
     """OpenCV refused to write an image file."""
 
 
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def _is_jpeg(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return handle.read(3) == JPEG_MAGIC
+
+
+def _read_jpeg(path: Path) -> np.ndarray:
+    """A JPEG in OpenCV's layout (BGR or gray, stored pixel order), decoded by Pillow, which
+    refuses a truncated file where OpenCV returns its upper part with a warning. Both use
+    libjpeg-turbo with the same settings: the pixels are the same."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode not in ("L", "RGB"):
+                image = image.convert("RGB")
+            pixels = np.asarray(image)
+    except OSError as err:
+        why = "the file is truncated" if "truncated" in str(err) else str(err)
+        raise ImageReadError(f"cannot decode image file: {path} ({why})") from None
+    return pixels if pixels.ndim == 2 else np.ascontiguousarray(pixels[..., ::-1])
+
+
 def _imread(path: PathType, flags: int) -> np.ndarray:
-    """cv2.imread that raises instead of silently returning None."""
+    """cv2.imread that raises instead of silently returning None; JPEGs go through Pillow (see
+    ``_read_jpeg``), so a truncated one is an error too."""
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"image file not found: {path}")
-    image = cv2.imread(str(path), flags)
+    if _is_jpeg(path):
+        image = _read_jpeg(path)
+        if flags == cv2.IMREAD_COLOR and image.ndim == 2:
+            image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+        return image
+    image = cv2.imread(str(path), flags | cv2.IMREAD_IGNORE_ORIENTATION)
     if image is None:
         raise ImageReadError(f"cannot decode image file: {path}")
     return image
@@ -53,12 +85,15 @@ def _to_rgb(image: np.ndarray, path: PathType) -> np.ndarray:
 
 
 def _imwrite(path: PathType, image: np.ndarray) -> None:
-    """cv2.imwrite through a temporary file (``utils.atomic_io``): the parent folder is created,
-    a failure raises, and no half-written image is ever left at ``path``."""
+    """The image encoded by OpenCV (format from the suffix) and written through a temporary file
+    (``utils.atomic_io``): the parent folder is created, a failure (a full disk) raises, and no
+    half-written image is ever left at ``path``."""
     path = Path(path)
-    with atomic_path(path) as temporary:
-        if not cv2.imwrite(str(temporary), image):
-            raise ImageWriteError(f"cannot write image file: {path} (full disk or unsupported format?)")
+    ok, encoded = cv2.imencode(path.suffix, image)
+    if not ok:
+        raise ImageWriteError(f"cannot encode image file: {path} (unsupported format?)")
+    with atomic_path(path) as temporary:  # written by Python, so a full disk raises (OpenCV's writer does not)
+        temporary.write_bytes(encoded.tobytes())
 
 
 def _check_rgb(rgb: np.ndarray, path: PathType) -> None:
@@ -66,8 +101,18 @@ def _check_rgb(rgb: np.ndarray, path: PathType) -> None:
         raise ValueError(f"expected an H×W×3 RGB array for {path}, got shape {rgb.shape}")
 
 
-def read_ldr(path: PathType, eight_bit_scale: float = 255.0) -> np.ndarray:
-    """Read an 8- or 16-bit LDR image (TIFF, PNG) as H×W×3 float32 RGB in [0, 1].
+@dataclass(frozen=True)
+class LdrFrame:
+    """A decoded LDR file: ``rgb`` H×W×3 float32 in [0, 1], and whether the file was grayscale
+    (its one channel copied into all three)."""
+
+    rgb: np.ndarray
+    grayscale: bool
+
+
+def read_ldr_frame(path: PathType, eight_bit_scale: float = 255.0) -> LdrFrame:
+    """Read an 8- or 16-bit LDR image (TIFF, PNG, JPEG) as float32 RGB in [0, 1], in the stored
+    pixel order (EXIF orientation is the caller's business).
 
     16-bit values are divided by 2**16 as the released checkpoints expect; 8-bit values by
     ``eight_bit_scale`` (255; ``RELEASED_8BIT_SCALE`` reproduces the released reader exactly)."""
@@ -75,8 +120,14 @@ def read_ldr(path: PathType, eight_bit_scale: float = 255.0) -> np.ndarray:
     scale = eight_bit_scale if image.dtype == np.uint8 else _LDR_SCALE.get(image.dtype)
     if scale is None:
         raise ImageReadError(f"expected an 8- or 16-bit LDR image, got {image.dtype} in {path}")
-    rgb = _to_rgb(image, path).astype(np.float32) / np.float32(scale)
-    return np.clip(rgb, 0.0, 1.0)
+    grayscale = image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1)
+    rgb = _to_rgb(image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image, path)
+    return LdrFrame(np.clip(rgb.astype(np.float32) / np.float32(scale), 0.0, 1.0), grayscale)
+
+
+def read_ldr(path: PathType, eight_bit_scale: float = 255.0) -> np.ndarray:
+    """``read_ldr_frame``'s H×W×3 float32 RGB in [0, 1]."""
+    return read_ldr_frame(path, eight_bit_scale).rgb
 
 
 def read_ldr_uint8(path: PathType) -> np.ndarray:

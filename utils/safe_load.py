@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,12 @@ def looks_like_torch_file(path: Path) -> bool:
     return zipfile.is_zipfile(path) or head[:1] == b"\x80"
 
 
+def _offending_global(message: str) -> str:
+    """`` (here: pathlib.PosixPath)`` from torch's several-paragraph refusal, or nothing."""
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
+    return f" (here: {found.group(1)})" if found else ""
+
+
 def load_tensors(path: str | os.PathLike, what: str = "file") -> Any:
     """The tensors and plain containers saved in ``path``; ``what`` names the file in errors
     (e.g. ``"--vgg_weights"``). A file that would need arbitrary unpickling is refused."""
@@ -34,7 +41,10 @@ def load_tensors(path: str | os.PathLike, what: str = "file") -> Any:
         if not looks_like_torch_file(path):
             raise TensorFileError(f"{what} {path}: not a PyTorch file (neither a zip archive nor a pickle)") from None
         raise TensorFileError(
-            f"{what} {path}: refused to load: the file holds Python objects beyond tensors and plain containers, "
-            f"and loading it would need full unpickling, which can run arbitrary code ({err})") from None
+            f"{what} {path}: refused to load: the file holds Python objects beyond tensors and plain containers"
+            f"{_offending_global(str(err))}, and loading it would need full unpickling, which can run arbitrary "
+            "code") from None
     except Exception as err:  # truncated zips, text files, foreign formats: torch raises many types
-        raise TensorFileError(f"{what} {path}: not a readable PyTorch file ({type(err).__name__}: {err})") from None
+        first_line = (str(err).strip().splitlines() or [""])[0]
+        raise TensorFileError(f"{what} {path}: not a readable PyTorch file ({type(err).__name__}: {first_line})"
+                              ) from None
