@@ -7,6 +7,7 @@ import argparse
 import torch
 
 from evaluation.metrics import DEFAULT_PEAK_LUMINANCE, SSIM_VARIANTS, MetricSettings, load_pycvvdp
+from evaluation.regions import RegionSettings
 from models.inference import TEST_PAD_MULTIPLE, InferenceSettings, resolve_amp
 from utils.cli import UsageError
 from utils.tonemap import DISPLAY_OPERATORS
@@ -61,3 +62,17 @@ def add_preview_option(group: argparse._ActionsContainer) -> None:
     """``--preview_operator``: the tone mapping of the PNG previews."""
     group.add_argument("--preview_operator", choices=DISPLAY_OPERATORS, default="reinhard",
                        help="tone mapping of the PNG previews")
+
+
+def add_region_option(group: argparse._ActionsContainer) -> None:
+    """``--region_metrics``: PSNR-μ / PSNR-l by region (clipped, moving, static), off by default."""
+    group.add_argument("--region_metrics", action="store_true",
+                       help="also score each scene by region: pixels the reference exposure clips, pixels that "
+                            "moved between frames, and the static rest (docs/EVALUATION.md); adds columns to "
+                            "metrics.csv, a 'region_metrics' entry to summary.json and, with --side_by_side, "
+                            "a region panel")
+
+
+def region_settings(args: argparse.Namespace) -> RegionSettings | None:
+    """The region thresholds when ``--region_metrics`` is given, else None."""
+    return RegionSettings() if args.region_metrics else None

@@ -11,6 +11,7 @@ import torch
 
 from datasets.preprocess import reference_ldr
 from evaluation.previews import side_by_side
+from evaluation.regions import RegionSettings, sample_region_map
 from utils.image_io import write_hdr, write_png
 from utils.tonemap import tonemap_for_display
 
@@ -55,14 +56,16 @@ class SceneOutputWriter:
     """Writes each scene's prediction into ``save_dir``: ``<scene><suffix>.hdr`` (linear Radiance
     RGBE), ``<scene><suffix>.png`` (tone mapped with ``operator`` for a display) and, with
     ``side_by_side``, ``<scene><suffix>_side_by_side.png`` (reference LDR | prediction | label |
-    μ-law error). Nothing is written when ``save_images`` is False. Usable as the ``on_scene``
-    callback of ``evaluation.evaluate.evaluate_scenes``."""
+    μ-law error, and with ``regions`` the region map of ``evaluation.regions``). Nothing is
+    written when ``save_images`` is False. Usable as the ``on_scene`` callback of
+    ``evaluation.evaluate.evaluate_scenes``."""
 
     def __init__(self, save_dir: str | Path, operator: str = "reinhard", side_by_side: bool = False,
-                 save_images: bool = True, suffix: str = "") -> None:
+                 save_images: bool = True, suffix: str = "", regions: RegionSettings | None = None) -> None:
         self.save_dir = Path(save_dir)
         self.operator = operator
         self.side_by_side = side_by_side
+        self.regions = regions
         self.save_images = save_images
         self.suffix = suffix
         self.written = 0
@@ -82,5 +85,7 @@ class SceneOutputWriter:
         write_png(paths["preview"], tonemap_for_display(pred, self.operator))
         if self.side_by_side and "label" in sample:
             label = as_hwc(torch.as_tensor(sample["label"]))
-            write_png(paths["side_by_side"], side_by_side(reference_ldr(sample), pred, label, self.operator))
+            regions = sample_region_map(sample, self.regions) if self.regions is not None else None
+            write_png(paths["side_by_side"], side_by_side(reference_ldr(sample), pred, label, self.operator,
+                                                          regions=regions))
         self.written += 1

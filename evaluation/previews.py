@@ -1,4 +1,5 @@
-"""Side-by-side previews of a reconstruction: reference LDR | prediction | label | error map."""
+"""Side-by-side previews of a reconstruction: reference LDR | prediction | label | error map,
+and with a region map (``evaluation.regions``) a fifth panel showing the regions."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,6 +10,16 @@ import numpy as np
 from utils.tonemap import mu_tonemap, to_uint8, tonemap_for_display
 
 PANEL_TITLES = ("reference LDR", "prediction", "label", "|mu error|")
+REGION_PANEL_TITLE = "regions"
+REGION_COLOURS = np.array([[255, 190, 0], [230, 30, 30], [40, 100, 255]], dtype=np.float32)
+"""RGB of the regions in ``evaluation.regions.REGIONS`` order: clipped yellow, moving red, static blue."""
+
+
+def region_panel(ref_ldr: np.ndarray, regions: np.ndarray) -> np.ndarray:
+    """8-bit RGB picture of a region map: each region's colour (``REGION_COLOURS``) blended half
+    and half with the grey reference LDR, so the scene stays recognisable under the colours."""
+    grey = np.asarray(ref_ldr, dtype=np.float32).mean(axis=-1, keepdims=True)
+    return to_uint8(0.5 * grey + 0.5 * REGION_COLOURS[regions] / 255.0)
 
 
 def mu_error_heatmap(pred: np.ndarray, label: np.ndarray, max_error: float = 0.1) -> np.ndarray:
@@ -40,9 +51,11 @@ def side_by_side(
     operator: str = "mu",
     max_error: float = 0.1,
     titles: bool = True,
+    regions: np.ndarray | None = None,
     **params: float,
 ) -> np.ndarray:
-    """Reference LDR | prediction | label | μ-law error map, as one 8-bit RGB image.
+    """Reference LDR | prediction | label | μ-law error map, as one 8-bit RGB image, and with
+    ``regions`` (an H×W region map) the region picture of ``region_panel`` after the error map.
 
     ``ref_ldr`` is the (display-referred) reference exposure in [0, 1]; ``pred`` and ``label`` are
     linear H×W×3. Prediction and label are tone mapped together as one image, so the adaptive
@@ -58,9 +71,13 @@ def side_by_side(
         joint[:, width:],
         mu_error_heatmap(pred, label, max_error),
     ]
+    panel_titles = PANEL_TITLES
+    if regions is not None:
+        panels.append(region_panel(ref_ldr, regions))
+        panel_titles = (*PANEL_TITLES, REGION_PANEL_TITLE)
     if titles:
         bar_height = max(12, min(40, pred.shape[0] // 12))
-        panels = [_with_title(p, t, bar_height) for p, t in zip(panels, PANEL_TITLES)]
+        panels = [_with_title(p, t, bar_height) for p, t in zip(panels, panel_titles)]
     return np.concatenate(panels, axis=1)
 
 

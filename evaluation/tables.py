@@ -38,12 +38,15 @@ def mean_metrics(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
 
 
 def format_value(column: str, value: Any) -> str:
-    """PSNR-like values with 2 decimals, SSIM 4, the cvvdp JOD and seconds 3; '-' when missing."""
+    """PSNR-like values with 2 decimals, SSIM 4, the cvvdp JOD, seconds and shares (fractions) 3,
+    counts as integers; '-' when missing."""
     if value is None or value == "":
         return "-"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
     if not isinstance(value, (int, float)):
         return str(value)
-    digits = 4 if "ssim" in column else 3 if column in ("cvvdp", "seconds") else 2
+    digits = 4 if "ssim" in column else 3 if column in ("cvvdp", "seconds") or column.endswith("share") else 2
     return f"{value:.{digits}f}"
 
 
