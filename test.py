@@ -5,7 +5,7 @@ Default protocol (the released test script's): each scene's input is padded by r
 the bottom and right to a multiple of 128, run through the network in one pass (eval mode, no
 mask map), clamped to [0, 1] and cropped back; metrics are plain means over scenes.
 
-    python test.py --dataset_dir data/Kalantari --pretrained_model pretrain_model/best.pth \\
+    python test.py --dataset_dir data/Kalantari --pretrained_model pretrain_model/stage2/Kal.pth \\
                    --save_dir results/kalantari
     python test.py --dataset_dir data/Kalantari --pretrained_model checkpoints/ --baselines \\
                    --tile 512 --tile_overlap 64 --amp bf16 --side_by_side

@@ -19,8 +19,9 @@ from dataclasses import asdict, dataclass
 from typing import Any, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from .padding import pad_to_multiple
 
 TEST_PAD_MULTIPLE = 128
 """Padding multiple of the released test protocol."""
@@ -29,32 +30,26 @@ GUIDED_PAD_MULTIPLE = 16
 """Padding multiple of the metric-guided pass over the training scenes."""
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Pad a B×C×H×W tensor by reflection at the bottom and right so H and W divide by ``multiple``."""
-    height, width = x.shape[-2:]
-    pad_h, pad_w = (-height) % multiple, (-width) % multiple
-    if not (pad_h or pad_w):
-        return x
-    if (height == 1 and pad_h) or (width == 1 and pad_w):
-        # A single row or column cannot be reflected: repeat it, then pad the other axis.
-        x = F.pad(x, (0, pad_w if width == 1 else 0, 0, pad_h if height == 1 else 0), mode="replicate")
-        return pad_to_multiple(x, multiple)
-    if pad_h >= height or pad_w >= width:
-        # Reflection cannot pad by more than the size minus one; repeat it in steps.
-        step_h, step_w = min(pad_h, height - 1), min(pad_w, width - 1)
-        x = F.pad(x, (0, step_w, 0, step_h), mode="reflect")
-        return pad_to_multiple(x, multiple) if (step_h < pad_h or step_w < pad_w) else x
-    return F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+"""Autocast precisions by their option name; None (or 'none', 'fp32') is float32."""
+
+
+def normalise_amp(amp: str | None) -> str | None:
+    """``--amp``'s value as a key of ``AMP_DTYPES``, or None for float32 (ValueError otherwise)."""
+    if amp in (None, "", "none", "fp32"):
+        return None
+    amp = {"bfloat16": "bf16", "float16": "fp16"}.get(amp, amp)
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"unknown --amp {amp!r}: use bf16 or fp16")
+    return amp
 
 
 def autocast_context(device: torch.device, amp: str | None) -> contextlib.AbstractContextManager:
     """``torch.autocast`` for ``amp`` in {None, 'bf16', 'fp16'} on ``device``."""
-    if amp in (None, "", "none", "fp32"):
+    amp = normalise_amp(amp)
+    if amp is None:
         return contextlib.nullcontext()
-    dtypes = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
-    if amp not in dtypes:
-        raise ValueError(f"unknown --amp {amp!r}: use bf16 or fp16")
-    return torch.autocast(device.type, dtype=dtypes[amp])
+    return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
 
 
 def resolve_amp(amp: str | None, device: torch.device | str) -> tuple[str | None, str | None]:
@@ -64,10 +59,7 @@ def resolve_amp(amp: str | None, device: torch.device | str) -> tuple[str | None
     kept (CPU autocast supports it) and fp16 falls back to float32 with a note, since CPU
     kernels for float16 are slow or missing.
     """
-    if amp in (None, "", "none", "fp32"):
-        return None, None
-    if amp not in ("bf16", "fp16"):
-        raise ValueError(f"unknown --amp {amp!r}: use bf16 or fp16")
+    amp = normalise_amp(amp)
     if torch.device(device).type != "cuda" and amp == "fp16":
         return None, f"fp16 autocast is not supported on {torch.device(device).type}; running in float32 instead"
     return amp, None

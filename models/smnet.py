@@ -8,12 +8,12 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from timm.layers import Mlp, trunc_normal_
 from torch import nn
 
 from .blocks import MSAB, MaskedTB, WindowLayouts, image_as_tokens, map_token_chunks, tokens_as_image
 from .channel_attention import ICAB, channel_attention_heads
+from .padding import pad_to_multiple
 from .window_attention import window_layout
 
 
@@ -131,11 +131,9 @@ class SMNet(nn.Module):
         n = self.num_exposures(x)
         heads = channel_attention_heads(self.embed_dim, n, self.ca_heads_per_exposure)
         height, width = x.shape[-2:]
-        pad_h, pad_w = (-height) % self.window_size, (-width) % self.window_size
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
-            if mask_map is not None:
-                mask_map = F.pad(mask_map, (0, pad_w, 0, pad_h), mode="reflect")
+        x = pad_to_multiple(x, self.window_size)
+        if mask_map is not None:
+            mask_map = pad_to_multiple(mask_map, self.window_size)
         h, w = x.shape[-2:]
         mask_tokens = None if mask_map is None else mask_map.reshape(x.shape[0], h * w, 1)
 

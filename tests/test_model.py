@@ -155,7 +155,7 @@ def test_head_count_follows_the_released_rule_and_rejects_unsupported_counts() -
         SMNet(**TINY)(torch.rand(1, 20, 16, 16))
 
 
-@pytest.mark.parametrize("size", [(17, 23), (8, 9), (33, 8), (50, 61)])
+@pytest.mark.parametrize("size", [(17, 23), (8, 9), (33, 8), (50, 61), (4, 4), (1, 1), (1, 9), (3, 2)])
 def test_odd_sizes_pad_and_crop(size: tuple[int, int]) -> None:
     torch.manual_seed(0)
     model = SMNet(**TINY).eval()
