@@ -22,14 +22,18 @@ from evaluation.options import (
     add_inference_options,
     add_metric_options,
     add_preview_option,
+    add_region_option,
     inference_settings,
     metric_settings,
+    region_settings,
 )
 from evaluation.outputs import SceneOutputWriter, list_checkpoints, output_folders
+from evaluation.regions import RegionSettings, format_region_means, region_summary
 from evaluation.tables import METHOD_KEY, comparison_rows, format_table, means_with_seconds, write_json, write_rows_csv
 from models.checkpoint import CheckpointError, load_model
 from utils.cli import (
     EXIT_FAILED_CHECKPOINT,
+    HelpFormatter,
     UsageError,
     add_debug_option,
     run_cli,
@@ -44,7 +48,7 @@ from utils.safe_paths import check_writable_folder, refuse_overwriting
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Evaluate SMNet checkpoints on a test split (released protocol by default).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     data = add_data_options(parser, splits=("train", "test"))
     data.add_argument("--num_exposures", type=int, default=None,
                       help="exposures every scene must have (default: whatever each scene holds)")
@@ -60,6 +64,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add_metric_options(metrics)
     metrics.add_argument("--baselines", action="store_true",
                          help="also evaluate the reference exposure alone and OpenCV's Debevec merge")
+    add_region_option(metrics)
 
     outputs = parser.add_argument_group("outputs")
     outputs.add_argument("--save_dir", type=Path, default=Path("results"), help="output folder")
@@ -107,15 +112,16 @@ def open_dataset(args: argparse.Namespace) -> HDRFullImageDataset:
     return dataset
 
 
-def run_baselines(args: argparse.Namespace, dataset: HDRFullImageDataset, metrics: MetricSettings
-                  ) -> dict[str, EvaluationResult]:
+def run_baselines(args: argparse.Namespace, dataset: HDRFullImageDataset, metrics: MetricSettings,
+                  regions: RegionSettings | None = None) -> dict[str, EvaluationResult]:
     """Evaluate the classical baselines; images go to ``<save_dir>/baselines/<name>/``."""
     writers = {name: SceneOutputWriter(args.save_dir / "baselines" / name, args.preview_operator,
-                                       args.side_by_side, not args.no_save_images) for name in BASELINES}
+                                       args.side_by_side, not args.no_save_images, regions=regions)
+               for name in BASELINES}
     results = evaluate_baselines(dataset, BASELINES, metrics, progress=not args.no_progress,
-                                 on_scene=lambda name, sample, pred: writers[name](sample, pred))
+                                 on_scene=lambda name, sample, pred: writers[name](sample, pred), regions=regions)
     for name, result in results.items():
-        result.table.write_csv(args.save_dir / "baselines" / name / "metrics.csv")
+        result.write_csv(args.save_dir / "baselines" / name / "metrics.csv")
     return results
 
 
@@ -177,9 +183,23 @@ def evaluate(args: argparse.Namespace) -> int:
     common: dict[str, Any] = dict(
         dataset_dir=args.dataset_dir.resolve(), split=args.test_path, protocol=protocol, metric_settings=metrics,
         device=describe_device(device), torch=torch.__version__)
+    from utils.run_lock import run_lock
 
+    with run_lock(args.save_dir, "--save_dir") as lock:  # another live run into --save_dir: exit 2, nothing written
+        if lock.note:
+            print(lock.note)
+        return _evaluate_into_locked_folder(args, checkpoints, dataset, folders, device, inference, metrics,
+                                            protocol, common)
+
+
+def _evaluate_into_locked_folder(args: argparse.Namespace, checkpoints: Sequence[Path], dataset: HDRFullImageDataset,
+                                 folders: Mapping[Path, Path], device: torch.device, inference: Any,
+                                 metrics: MetricSettings, protocol: Mapping[str, Any], common: dict[str, Any]) -> int:
+    """The writing part of ``evaluate``, run while ``--save_dir`` is locked (``utils/run_lock.py``)."""
+    regions = region_settings(args)
     summaries: dict[Path, dict[str, Any]] = {}
     network_means: dict[str, dict[str, float]] = {}
+    region_means: dict[str, dict[str, dict[str, float]]] = {}
     failed: list[Path] = []
     # tables of an earlier run into the same folders go first: a run that fails halfway must not
     # leave new images next to old numbers
@@ -195,27 +215,34 @@ def evaluate(args: argparse.Namespace) -> int:
             print(f"error: {err}", file=sys.stderr)
             failed.append(checkpoint)
             continue
-        writer = SceneOutputWriter(out_dir, args.preview_operator, args.side_by_side, not args.no_save_images)
+        writer = SceneOutputWriter(out_dir, args.preview_operator, args.side_by_side, not args.no_save_images,
+                                   regions=regions)
         try:
             result = evaluate_scenes(model, dataset, device, inference, metrics, progress=not args.no_progress,
-                                     on_scene=writer)
+                                     on_scene=writer, regions=regions)
         except BaseException:
             print(f"note: stopped after writing {writer.written} scene(s) to {out_dir}; no tables were written there",
                   file=sys.stderr)
             raise
-        result.table.write_csv(out_dir / "metrics.csv")
+        result.write_csv(out_dir / "metrics.csv")
         unlabelled = sorted(set(result.seconds) - {row["scene"] for row in result.table.rows})
         summaries[out_dir] = result.table.summary(
             checkpoint=checkpoint.resolve(), **common, seconds_per_scene=result.seconds,
             mean_seconds_per_scene=result.mean_seconds(), num_reconstructed=len(result.seconds),
             num_unlabelled=len(unlabelled), unlabelled_scenes=unlabelled)
+        method = checkpoint.name if len(checkpoints) > 1 else "network"
+        if regions is not None:
+            region_means[method] = result.region_means()
+            summaries[out_dir]["region_metrics"] = region_summary(regions, region_means[method])
         write_json(out_dir / "summary.json", summaries[out_dir])
-        network_means[checkpoint.name if len(checkpoints) > 1 else "network"] = means_with_seconds(
-            result.table.means(), result.seconds.values())
+        network_means[method] = means_with_seconds(result.table.means(), result.seconds.values())
         print(f"\ncheckpoint {checkpoint} ({len(result.table)} scenes, {describe_device(device)}, "
               f"{protocol['mode']}, SSIM {metrics.ssim_variant})")
         if len(result.table):
             print(result.table.format())
+        if regions is not None and len(result.table):
+            print(f"\nby region (mean over scenes with the region; shares of pixels and of squared mu-law error)\n"
+                  f"{format_region_means({method: region_means[method]})}")
         if unlabelled:
             print(f"{len(unlabelled)} of {len(result.seconds)} scenes have no label ({args.label_file}): "
                   f"reconstructed and written, left out of the metrics")
@@ -224,25 +251,34 @@ def evaluate(args: argparse.Namespace) -> int:
             args.log_dir.mkdir(parents=True, exist_ok=True)
             with open(args.log_dir / "test.log", "a") as log:
                 log.write(f"checkpoint {checkpoint} ({protocol['mode']})\n{result.table.format()}\n\n")
+                if regions is not None and len(result.table):
+                    log.write(f"by region\n{format_region_means({method: region_means[method]})}\n\n")
         del model
     if failed and not summaries:
         return EXIT_FAILED_CHECKPOINT
 
     comparison = dict(network_means)
     if args.baselines:
-        baselines = run_baselines(args, dataset, metrics)
+        baselines = run_baselines(args, dataset, metrics, regions)
         baseline_means = {name: means_with_seconds(r.table.means(), r.seconds.values())
                           for name, r in baselines.items()}
         comparison.update({BASELINE_TITLES[name]: means for name, means in baseline_means.items()})
         for out_dir, summary in summaries.items():
             summary["baselines"] = {BASELINE_TITLES[name]: means for name, means in baseline_means.items()}
+            if regions is not None:
+                summary["region_metrics"]["baselines"] = {BASELINE_TITLES[name]: r.region_means()
+                                                          for name, r in baselines.items()}
             write_json(out_dir / "summary.json", summary)
+        if regions is not None:
+            region_means.update({BASELINE_TITLES[name]: r.region_means() for name, r in baselines.items()})
         write_rows_csv(args.save_dir / "baselines.csv", comparison_rows(comparison), METHOD_KEY)
     elif len(checkpoints) > 1:
         write_rows_csv(args.save_dir / "checkpoints.csv", comparison_rows(comparison), METHOD_KEY)
     if len(comparison) > 1:
         print("\nmean over scenes (seconds: reconstruction time per scene)")
         print(format_table(comparison_rows(comparison), METHOD_KEY, with_mean=False))
+    if len(region_means) > 1:
+        print(f"\nby region, mean over scenes with the region\n{format_region_means(region_means)}")
     if failed:
         print(f"\n{len(failed)} checkpoint(s) could not be loaded: {', '.join(map(str, failed))}", file=sys.stderr)
         return EXIT_FAILED_CHECKPOINT

@@ -12,13 +12,14 @@ import torch
 from datasets.preprocess import reference_ldr
 from evaluation.previews import side_by_side
 from evaluation.regions import RegionSettings, sample_region_map
+from utils.cli import UsageError
 from utils.image_io import write_hdr, write_png
 from utils.tonemap import tonemap_for_display
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".tar")
 
 
-class CheckpointListError(ValueError):
+class CheckpointListError(UsageError):
     """A --pretrained_model path that names no checkpoint."""
 
 

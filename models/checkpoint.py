@@ -8,6 +8,7 @@ that needs arbitrary unpickling is refused. The derived buffers of the released 
 """
 from __future__ import annotations
 
+import io
 import os
 import re
 from pathlib import Path
@@ -19,6 +20,7 @@ from torch import nn
 from utils.atomic_io import atomic_path
 from utils.cli import UsageError, run_cli
 from utils.safe_load import TensorFileError, load_tensors
+from utils.safe_paths import refuse_overwriting
 
 from .smnet import SMNet
 
@@ -26,7 +28,7 @@ DERIVED_BUFFERS = ("relative_position_index", "attn_mask")
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UsageError):
     """A checkpoint file that cannot be read or does not fit the network."""
 
     exit_code = 1
@@ -59,6 +61,16 @@ def extract_state_dict(data: Mapping[str, Any]) -> dict[str, torch.Tensor]:
             continue
         clean[key] = value
     return clean
+
+
+def check_finite(state: Mapping[str, torch.Tensor], source: str | os.PathLike) -> None:
+    """Refuse weights that are not numbers: a NaN or an infinity in any tensor would turn every
+    output into NaN (black images, NaN metrics) without an error."""
+    for key, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise CheckpointError(f"{source}: tensor {key} holds {bad} NaN or infinite value(s) of {value.numel()}; "
+                                  "the checkpoint is broken (a diverged run?) and is not used")
 
 
 def infer_config(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
@@ -126,6 +138,7 @@ def model_from_checkpoint(data: Mapping[str, Any], source: str | os.PathLike, **
         config = dict(data.get("config") or infer_config(state))
     except CheckpointError as err:
         raise CheckpointError(f"{source}: {err}") from None
+    check_finite(state, source)
     config.update(overrides)
     try:
         model = SMNet(**config)
@@ -143,9 +156,15 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu", **ov
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """torch.save through ``utils.atomic_io.atomic_path``: a crash never leaves a truncated
-    checkpoint behind."""
-    with atomic_path(path) as temporary:
-        torch.save(obj, temporary)
+    checkpoint behind. The file is serialised in memory and written by Python, so a failed write
+    (a full disk) is the OSError it is (ENOSPC, naming ``path``), not torch's RuntimeError."""
+    try:
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        with atomic_path(path) as temporary, open(temporary, "wb") as handle:
+            handle.write(buffer.getbuffer())
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, str(path)) from None
 
 
 def save_model(path: str | os.PathLike, model: nn.Module, **extra: Any) -> None:
@@ -196,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def export() -> int:
+        refuse_overwriting([args.target], [args.source], how="the export's target")
         if args.target.is_dir():
             raise UsageError(f"{args.target} is a folder; give the file to write")
         if args.target.exists() and not args.overwrite:

@@ -34,7 +34,7 @@ from datasets.scene import (
     scene_input_files,
     write_segments,
 )
-from utils.cli import add_debug_option, add_inert_options, inert_notes, run_cli
+from utils.cli import UsageError, add_debug_option, add_device_options, add_inert_options, inert_notes, run_cli
 from utils.distributed import resolve_device
 from utils.image_io import read_ldr_uint8, write_png
 from utils.safe_load import load_tensors
@@ -66,7 +66,7 @@ class SamCheckpointError(FileNotFoundError):
     """The SAM checkpoint file is missing."""
 
 
-class SegmentIdError(ValueError):
+class SegmentIdError(UsageError):
     """Existing masks of different scenes share segment IDs."""
 
 
@@ -186,14 +186,14 @@ def build_sam(model_type: str = "vit_h", checkpoint: Optional[Union[str, Path]] 
               device: Union[str, torch.device] = "cpu") -> torch.nn.Module:
     """A SAM model of `model_type` with the weights of `checkpoint` (default: the official file)."""
     if model_type not in SAM_MODEL_TYPES:
-        raise ValueError(f"model_type must be one of {SAM_MODEL_TYPES}, got {model_type!r}")
+        raise UsageError(f"--model_type must be one of {SAM_MODEL_TYPES}, got {model_type!r}")
     checkpoint = check_checkpoint(checkpoint if checkpoint is not None else default_checkpoint(model_type))
     model = _sam_architectures()[model_type]()
     state = load_tensors(checkpoint, "SAM checkpoint")
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as err:
-        raise ValueError(f"SAM checkpoint {checkpoint} does not fit --model_type {model_type}: "
+        raise UsageError(f"SAM checkpoint {checkpoint} does not fit --model_type {model_type}: "
                                  f"{str(err).splitlines()[0]}") from None
     return model.to(device).eval()
 
@@ -294,7 +294,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="SAM weights (default: <repository>/pretrain_model/<official file of --model_type>)")
     parser.add_argument("--model_type", choices=(*SAM_MODEL_TYPES, "default"), default="vit_h",
                         help="SAM architecture of the checkpoint ('tiny' is a small test architecture)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_options(parser, "where SAM runs: auto (cuda when available, else cpu), cpu, cuda, cuda:N", amp=False)
     parser.add_argument("--overwrite", action="store_true", help="segment scenes that already have masks again")
     parser.add_argument("--min_area", type=int, default=MIN_AREA,
                         help="segments with fewer pixels fall back to the background ID")

@@ -15,6 +15,7 @@ import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from models.checkpoint import CheckpointError
 from utils.tonemap import mu_tonemap
 
 PSNR_CAP_DB = 100.0
@@ -237,7 +238,8 @@ class SegmentTables:
             saved_ids = torch.arange(state["ratio"].numel())
         for name in ("ratio", "weight"):
             if state[name].shape != saved_ids.shape:
-                raise ValueError(f"{name} table has shape {tuple(state[name].shape)} for {saved_ids.numel()} IDs")
+                raise CheckpointError(f"the checkpoint's {name} table has shape {tuple(state[name].shape)} for "
+                                      f"{saved_ids.numel()} segment IDs")
         saved_ids = saved_ids.to(self.device, torch.long)
         positions = torch.searchsorted(saved_ids, self.ids).clamp_max(max(saved_ids.numel() - 1, 0))
         known = saved_ids[positions] == self.ids if saved_ids.numel() else torch.zeros_like(self.ids, dtype=torch.bool)

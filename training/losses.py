@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from utils.cli import UsageError
 from utils.safe_load import load_tensors
 from utils.tonemap import mu_tonemap
 
@@ -128,7 +129,7 @@ def _read_weights_file(path: Path) -> Mapping[str, Any]:
         return load_file(str(path))
     data = load_tensors(path, "--vgg_weights")
     if not isinstance(data, Mapping):
-        raise ValueError(f"{path}: expected a state dict, found {type(data).__name__}")
+        raise UsageError(f"--vgg_weights {path}: expected a state dict, found {type(data).__name__}")
     return data
 
 
@@ -142,7 +143,7 @@ def load_vgg19_state(model: VGG19Features, path: str | os.PathLike) -> None:
     missing = [k for k in expected if k not in state]
     misshaped = [k for k in expected if k in state and state[k].shape != expected[k].shape]
     if missing or misshaped:
-        raise ValueError(f"{path} is not a VGG-19 state dict: missing {missing[:4]}, mis-shaped {misshaped[:4]} "
+        raise UsageError(f"--vgg_weights {path} is not a VGG-19 state dict: missing {missing[:4]}, mis-shaped {misshaped[:4]} "
                          "(expected torchvision/timm keys features.N.weight / features.N.bias)")
     model.load_state_dict({k: state[k] for k in expected})
 

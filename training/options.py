@@ -15,7 +15,7 @@ from typing import Any, Sequence
 from datasets.options import add_data_options
 from training.losses import DEFAULT_LE_LAMBDA
 from training.curriculum import GUIDING_METRICS
-from utils.cli import add_debug_option, add_device_options, add_flag, add_inert_options, check_options
+from utils.cli import HelpFormatter, add_debug_option, add_device_options, add_flag, add_inert_options, check_options
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
@@ -77,7 +77,7 @@ def build_parser(phase: int) -> argparse.ArgumentParser:
         description=f"SMHDR training, phase {phase}: " + (
             "plain reconstruction, no masking (epochs 1-300)." if phase == 1 else
             "semantic-masking curriculum from a phase-1 checkpoint (epochs 301-400)."),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="paper",
                         help="replace the defaults of network size and schedule (tiny: a CPU run of minutes)")
 
@@ -133,7 +133,8 @@ def build_parser(phase: int) -> argparse.ArgumentParser:
 
     run = parser.add_argument_group("run")
     run.add_argument("--logdir", type=Path, default=Path(f"runs/phase{phase}"),
-                     help="checkpoints, TensorBoard events and train.log")
+                     help="checkpoints, TensorBoard events and train.log; held by one run at a time "
+                          "(<logdir>/.lock: a second run into it is refused)")
     run.add_argument("--resume", type=Path, default=None,
                      help="checkpoint (or run folder: its last.pth) to continue from (a phase-1 checkpoint for phase 2); "
                           "<logdir>/last.pth, when present, is used first unless --restart")

@@ -3,14 +3,24 @@ per-epoch seeds that make a resumed epoch repeat exactly, and the run's history.
 
 Every epoch reseeds the RNGs from (seed, epoch, rank), so a run killed at any moment and
 resumed from ``last.pth`` trains the interrupted epoch exactly as the uninterrupted run would.
+
+A preempted run (SIGTERM, or SIGUSR1 as SLURM's ``--signal`` sends it) does better: it finishes
+its step and saves ``last.pth`` with an ``interrupted`` entry (``InterruptedEpoch``): the epoch,
+the steps done, the loss sums so far and every rank's RNG states (Python, NumPy, torch and the
+mask generator) after that step. The same command then rebuilds the epoch's loader from its
+seeded generator, draws (without training on) the batches already trained on, restores those
+states and goes on: it ends exactly where the uninterrupted run ends.
 """
 from __future__ import annotations
 
 import argparse
 import math
 import random
+import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -63,6 +73,63 @@ class RunState:
     epoch: int = 0
     best_psnr_mu: float = -math.inf
     history: list[dict[str, float]] = field(default_factory=list)
+
+
+PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+"""What a cluster scheduler sends before it ends a job (SLURM: SIGTERM, or SIGUSR1 with --signal)."""
+
+
+class PreemptionSignals:
+    """While installed, a preemption signal only records its name (``received``); the training
+    loop checks it after every step. Installed from the main thread only (Python's rule for
+    signal handlers); ``restore`` puts the previous handlers back."""
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for number in PREEMPTION_SIGNALS:
+            self._previous[number] = signal.signal(number, self._record)
+
+    def _record(self, number: int, frame: FrameType | None) -> None:
+        self.received = signal.Signals(number).name
+
+    def restore(self) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous.clear()
+
+
+def ignore_preemption_signals(worker_id: int = 0) -> None:
+    """DataLoader ``worker_init_fn``: a scheduler signals every process of the job, and a loader
+    worker ended by it would end the step the main process is finishing."""
+    for number in PREEMPTION_SIGNALS:
+        signal.signal(number, signal.SIG_IGN)
+
+
+@dataclass
+class InterruptedEpoch:
+    """Where a preempted epoch stopped: steps done, the loss sums of those steps, the signal,
+    and per rank the RNG states after the last step (``rng``: ``rng_states()``,
+    ``mask_generator``: the mask generator's state) and the signal that rank received."""
+
+    epoch: int
+    step: int
+    sums: dict[str, float]
+    signal: str
+    ranks: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "step": self.step, "sums": dict(self.sums), "signal": self.signal,
+                "ranks": list(self.ranks)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "InterruptedEpoch":
+        return cls(int(data["epoch"]), int(data["step"]), {k: float(v) for k, v in data["sums"].items()},
+                   str(data.get("signal", "")), list(data["ranks"]))
 
 
 def is_released_checkpoint(data: Mapping[str, Any]) -> bool:

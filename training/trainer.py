@@ -5,28 +5,36 @@ per-segment mask ratios and loss weights), then ``repeat`` passes over random tr
 with the masked step (phase 2) or the plain step (phase 1), then a checkpoint, and every
 ``--test_interval`` epochs a test-split evaluation.
 
-Reproducibility and resuming: ``training/resume.py``.
+Reproducibility, resuming and preemption (SIGTERM / SIGUSR1: the step finishes, ``last.pth``
+keeps it, exit 75): ``training/resume.py``. A split may mix exposure counts: every batch comes
+from scenes of one count (``datasets.hdr_dataset.ExposureGroupedBatchSampler``). One run at a
+time per ``--logdir``: ``utils/run_lock.py``. A full disk ends the run with one line; TensorBoard
+and ``train.log`` stop with a note instead of a traceback.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, NoReturn, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from datasets import HDRFullImageDataset, HDRTrainDataset
+from datasets.hdr_dataset import ExposureGroupedBatchSampler
 from datasets.options import cache_mode, scene_layout
+from datasets.scene import list_scenes, scene_input_files
 from datasets.preprocess import reference_ldr
 from evaluation.evaluate import evaluate_scenes
 from evaluation.tables import mean_metrics
@@ -44,6 +52,7 @@ from models.inference import (
     reconstruct,
     resolve_amp,
 )
+from models.channel_attention import channel_attention_heads
 from models.smnet import SMNet
 from training.curriculum import (
     SegmentTables,
@@ -57,8 +66,11 @@ from training.losses import HDRLoss, build_loss
 from training.masking import build_loss_map, build_mask_map
 from training.options import INERT_OPTIONS, model_config, parse_args
 from training.resume import (
+    InterruptedEpoch,
+    PreemptionSignals,
     RunState,
     epoch_seed,
+    ignore_preemption_signals,
     is_released_checkpoint,
     optimizer_state_by_name,
     parameter_order,
@@ -68,7 +80,9 @@ from training.resume import (
     seed_everything,
 )
 from utils import distributed
-from utils.cli import RunFailed, UsageError, describe_os_error, inert_notes, run_cli
+from utils.cli import Preempted, RunFailed, UsageError, describe_os_error, inert_notes, run_cli
+from utils.run_lock import LOCK_NAME, RunLock, acquire_run_lock
+from utils.safe_paths import refuse_overwriting, same_file
 from utils.tonemap import mu_tonemap
 
 LOG = logging.getLogger("smhdr.train")
@@ -118,6 +132,32 @@ def segment_ids_in_use(dataset: HDRFullImageDataset, crop: int = 0, progress: bo
     return torch.from_numpy(np.unique(np.concatenate(ids)))
 
 
+def planned_outputs(args: argparse.Namespace, logdir: Path) -> list[Path]:
+    """The files a run of this phase may write into ``logdir`` (TensorBoard's folder aside)."""
+    first = 1 if args.phase == 1 else args.phase1_epochs + 1
+    last = args.phase1_epochs if args.phase == 1 else args.epochs
+    epochs = [e for e in range(first, last + 1) if e % args.save_interval == 0 or e == last]
+    names = ["last.pth", "best.pth", "train.log", LOCK_NAME, *(f"epoch_{e:04d}.pth" for e in epochs)]
+    return [logdir / name for name in names]
+
+
+def refuse_overwriting_inputs(args: argparse.Namespace, logdir: Path) -> None:
+    """Before anything is written: no checkpoint or log of this run may replace a file it reads
+    (--resume, --finetune_from, --vgg_weights, a scene's files). Continuing a run from its own
+    ``<logdir>/last.pth`` is what resuming means, and allowed."""
+    outputs = planned_outputs(args, logdir)
+    inputs: list[Path] = []
+    for option in ("resume", "finetune_from", "vgg_weights"):
+        path = getattr(args, option, None)
+        if path is not None and not (option == "resume" and same_file(path, logdir / "last.pth")):
+            refuse_overwriting(outputs, [path], how=f"--logdir {logdir}; --{option} {path} would be replaced")
+    layout = scene_layout(args)
+    for split in (args.train_path, args.test_path):
+        if split.lower() != "none" and (Path(args.dataset_dir) / split).is_dir():
+            inputs += [f for scene_dir in list_scenes(args.dataset_dir, split) for f in scene_input_files(scene_dir, layout)]
+    refuse_overwriting(outputs, inputs, how=f"--logdir {logdir}")
+
+
 def move_previous_run_aside(logdir: Path) -> Path | None:
     """Move the checkpoints, log and TensorBoard events of an earlier run in ``logdir`` into
     ``logdir/replaced_<date-time>/``; returns that folder (None when there was nothing)."""
@@ -150,6 +190,122 @@ def weights_are_finite(parameters: Sequence[torch.Tensor]) -> bool:
     """Whether every weight is finite (one reduction and one device synchronisation)."""
     norms = torch._foreach_norm([p.detach() for p in parameters], ord=float("inf"))
     return bool(torch.isfinite(torch.stack(norms)).all())
+
+
+def scenes_by_exposure_count(splits: Mapping[str, HDRFullImageDataset | HDRTrainDataset | None]
+                             ) -> dict[int, list[str]]:
+    """``{exposure count: ["split/scene", ...]}`` over the given splits (None ones skipped)."""
+    found: dict[int, list[str]] = {}
+    for split, dataset in splits.items():
+        if dataset is not None:
+            for name, count in zip(dataset.scene_names, dataset.exposure_counts):
+                found.setdefault(count, []).append(f"{split}/{name}")
+    return dict(sorted(found.items()))
+
+
+def _first_names(names: Sequence[str], count: int = 3) -> str:
+    return ", ".join(names[:count]) + (f", … ({len(names)} in all)" if len(names) > count else "")
+
+
+def check_exposure_counts(model: nn.Module, splits: Mapping[str, HDRFullImageDataset | HDRTrainDataset | None]
+                          ) -> None:
+    """Refuse, before the first step, scenes whose exposure count the network cannot merge: the
+    channel attention splits the embedding into one slot per exposure, so the count must divide
+    ``embed_dim`` (the weights are the same for every count)."""
+    net = unwrap(model)
+    refused = []
+    for count, names in scenes_by_exposure_count(splits).items():
+        try:
+            channel_attention_heads(net.embed_dim, count, net.ca_heads_per_exposure)
+        except ValueError as err:
+            refused.append(f"scenes of {count} exposures ({_first_names(names)}): {err}")
+    if refused:
+        raise UsageError("; ".join(refused))
+
+
+def steps_per_exposure_count(train_set: HDRTrainDataset, batch_size: int, world_size: int) -> dict[int, int]:
+    """Steps per epoch that the crops of each exposure count make (see ``ExposureGroupedBatchSampler``)."""
+    sampler = ExposureGroupedBatchSampler(train_set.crop_exposure_counts(), batch_size, torch.Generator(), world_size)
+    return sampler.steps_per_group()
+
+
+# ----------------------------------------------------------------------------- logs on a full disk
+
+
+class LogFile(logging.FileHandler):
+    """``train.log``. A write that fails (a full disk) ends the file log with one note on stdout
+    instead of logging's traceback for every later line."""
+
+    failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if self.failed:
+            return
+        self.failed = True
+        err = sys.exc_info()[1]
+        why = describe_os_error(err) if isinstance(err, OSError) else str(err)
+        print(f"note: {self.baseFilename} is no longer written ({why}); the log goes on here only", flush=True)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):  # the last flush of a failed file fails again
+            super().close()
+
+
+def _is_tensorboard_thread(thread: threading.Thread | None) -> bool:
+    return thread is not None and type(thread).__module__.startswith("tensorboard.")
+
+
+class TensorBoardLog:
+    """The run's TensorBoard writer. Its events are written by a background thread; when a write
+    fails (a full disk) that thread's traceback is kept quiet (``threading.excepthook``), the
+    failure surfaces at the next write in the main thread, and TensorBoard logging ends with one
+    note: the run goes on, and its checkpoints decide whether it can."""
+
+    def __init__(self, folder: Path, note: Callable[[str], None]) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.folder = folder
+        self._note = note
+        self._previous_hook = threading.excepthook
+        threading.excepthook = self._quiet_writer_thread
+        self.writer: Any = None
+        try:
+            self.writer = SummaryWriter(str(folder))
+        except OSError as err:
+            self._fail(err)
+
+    def _quiet_writer_thread(self, args: threading.ExceptHookArgs) -> None:
+        if isinstance(args.exc_value, OSError) and _is_tensorboard_thread(args.thread):
+            return  # the main thread sees it at the next write
+        self._previous_hook(args)
+
+    def write(self, action: Callable[[Any], None]) -> None:
+        """Run ``action(writer)`` (add_scalar, add_image, flush ...) unless logging has ended."""
+        if self.writer is None:
+            return
+        try:
+            action(self.writer)
+        except OSError as err:
+            self._fail(err)
+
+    def _fail(self, err: OSError) -> None:
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            with contextlib.suppress(OSError):
+                writer.close()
+        self._note(f"note: TensorBoard events are no longer written to {self.folder} "
+                   f"({describe_os_error(err)}); training goes on")
+
+    def close(self) -> None:
+        """Flush and close the writer; put the previous ``threading.excepthook`` back."""
+        self.write(lambda writer: writer.close())
+        self.writer = None
+        if threading.excepthook == self._quiet_writer_thread:
+            threading.excepthook = self._previous_hook
 
 
 # ----------------------------------------------------------------------------- the steps
@@ -251,9 +407,24 @@ class Trainer:
         self.process = distributed.init_process(args.device)
         self.device = self.process.device
         self.logdir = Path(args.logdir)
+        self.writer: TensorBoardLog | None = None
+        self.preemption = PreemptionSignals()
+        refuse_overwriting_inputs(args, self.logdir)
+        self.lock = self._lock_logdir()
+        try:
+            self._setup()
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self) -> None:
+        """Everything but the lock: logs, data, network, optimiser (see ``__init__``)."""
+        args = self.args
         self.state = RunState()
         replaced = move_previous_run_aside(self.logdir) if args.restart and self.process.is_main else None
         self._setup_logging()
+        if self.lock is not None and self.lock.note:
+            self.log(self.lock.note)
         if replaced is not None:
             self.log(f"--restart: the previous run's checkpoints and log were moved to {replaced}")
         self.amp, amp_note = resolve_amp(args.amp, self.device)
@@ -279,16 +450,12 @@ class Trainer:
         if self.test_set is not None:  # decoded once now: a broken test file stops the run before the first step
             for _ in self.test_set.scenes(progress):
                 pass
-        crops = len(self.train_set) // self.process.world_size
-        if crops < args.batch_size:
-            raise UsageError(f"an epoch holds {crops} crops ({len(self.train_set.scene_dirs)} scenes × --repeat "
-                             f"{args.repeat}{' per process' if self.process.distributed else ''}), fewer than "
-                             f"--batch_size {args.batch_size}: not one step would run; lower --batch_size or "
-                             "raise --repeat")
+        self._check_steps_per_epoch()
 
         seed_everything(args.seed)
         self.loss_fn = build_loss(args.le_lambda, args.vgg_weights, args.linear_lambda).to(self.device)
         start_epoch = self._load_initial_weights()
+        check_exposure_counts(self.model, {args.train_path: self.train_set, args.test_path: self.test_set})
         self.trainable_share = 1.0
         if args.finetune_from is not None or args.is_freeze:
             prefixes = SHALLOW_EXTRACTOR if args.finetune_from is not None else RELEASED_FREEZE
@@ -305,9 +472,46 @@ class Trainer:
                                             start_epoch=start_epoch)
         self.start_epoch = start_epoch
         self.train_model = self._wrap(self.model)
-        self.writer = self._tensorboard()
+        if self.process.is_main:
+            self.writer = TensorBoardLog(self.logdir / "tensorboard", self.log)
 
     # -- setup helpers
+
+    def _lock_logdir(self) -> RunLock | None:
+        """The main process locks --logdir before anything is written there; every process
+        learns whether it could (one all-reduce), so all of them stop when it could not."""
+        lock: RunLock | None = None
+        refusal: Exception | None = None
+        if self.process.is_main:
+            try:
+                lock = acquire_run_lock(self.logdir, "--logdir")
+            except (UsageError, OSError) as err:
+                refusal = err
+        if not distributed.all_ranks_ok(refusal is None, self.device):
+            raise refusal or UsageError(f"--logdir {self.logdir} is in use by another run (see the main process)")
+        return lock
+
+    def _check_steps_per_epoch(self) -> None:
+        """Refuse an epoch without a single step; note the exposure counts too rare for a batch
+        (every batch holds scenes of one count, and an incomplete batch is dropped)."""
+        args, world = self.args, self.process.world_size
+        steps = steps_per_exposure_count(self.train_set, args.batch_size, world)
+        per_process = " per process" if self.process.distributed else ""
+        if sum(steps.values()) == 0 and len(steps) == 1:
+            crops = len(self.train_set) // world
+            raise UsageError(f"an epoch holds {crops} crops ({len(self.train_set.scene_dirs)} scenes × --repeat "
+                             f"{args.repeat}{per_process}), fewer than --batch_size {args.batch_size}: not one "
+                             "step would run; lower --batch_size or raise --repeat")
+        scenes = scenes_by_exposure_count({args.train_path: self.train_set})
+        rare = [f"{len(scenes[count]) * args.repeat} crops of {count}-exposure scenes "
+                f"({_first_names(scenes[count])})" for count, number in steps.items() if number == 0]
+        if sum(steps.values()) == 0:
+            raise UsageError(f"every batch holds scenes of one exposure count, and each count has fewer crops per "
+                             f"epoch than --batch_size {args.batch_size}{' × processes' if per_process else ''}: "
+                             f"{'; '.join(rare)}; not one step would run; lower --batch_size or raise --repeat")
+        if rare:
+            self.log(f"note: {'; '.join(rare)}: fewer than one batch (--batch_size {args.batch_size}"
+                     f"{' × processes' if per_process else ''}) per epoch, never trained on; raise --repeat")
 
     def _setup_logging(self) -> None:
         LOG.setLevel(logging.INFO)
@@ -316,20 +520,13 @@ class Trainer:
         if not self.process.is_main:
             return
         self.logdir.mkdir(parents=True, exist_ok=True)
-        for handler in (logging.StreamHandler(sys.stdout), logging.FileHandler(self.logdir / "train.log")):
+        for handler in (logging.StreamHandler(sys.stdout), LogFile(self.logdir / "train.log")):
             handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
             LOG.addHandler(handler)
 
     def log(self, message: str) -> None:
         if self.process.is_main:
             LOG.info(message)
-
-    def _tensorboard(self) -> Any:
-        if not self.process.is_main:
-            return None
-        from torch.utils.tensorboard import SummaryWriter
-
-        return SummaryWriter(str(self.logdir / "tensorboard"))
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         if self.args.compile:
@@ -376,6 +573,7 @@ class Trainer:
         returns the first epoch to train."""
         args = self.args
         self._resume_data: dict[str, Any] | None = None
+        self._interrupted: InterruptedEpoch | None = None
         default_start = 1 if args.phase == 1 else args.phase1_epochs + 1
         if args.phase == 2 and args.finetune_from is None and args.resume is None \
                 and not (self.logdir / "last.pth").is_file():
@@ -398,9 +596,21 @@ class Trainer:
         saved_epoch = int(data.get("epoch", 0))
         start = args.start_epoch or max(saved_epoch + 1, default_start)
         if args.phase == 2 and start <= args.phase1_epochs:
-            raise ValueError(f"phase 2 trains epochs {args.phase1_epochs + 1}-{args.epochs}; start epoch {start} "
+            raise UsageError(f"phase 2 trains epochs {args.phase1_epochs + 1}-{args.epochs}; start epoch {start} "
                              "belongs to phase 1 (use train_phase1.py, or a later --start_epoch)")
+        self._interrupted = self._interrupted_epoch(data, path, start)
         return start
+
+    def _interrupted_epoch(self, data: Mapping[str, Any], path: Path, start: int) -> InterruptedEpoch | None:
+        """The preempted epoch of ``data`` to continue, when the run starts at that epoch."""
+        if "interrupted" not in data or "optimizer" not in data:
+            return None
+        interrupted = InterruptedEpoch.from_dict(data["interrupted"])
+        if interrupted.epoch != start:
+            self.log(f"note: {path} stopped after step {interrupted.step} of epoch {interrupted.epoch}; this run "
+                     f"starts at epoch {start} and does not continue that epoch")
+            return None
+        return interrupted
 
     def _restore_training_state(self, data: Mapping[str, Any]) -> None:
         """Optimiser, tables, RNG and run history of a project checkpoint (the scheduler is
@@ -449,11 +659,33 @@ class Trainer:
         if epoch % self.args.save_interval == 0 or epoch == self.last_epoch:
             names.append(f"epoch_{epoch:04d}.pth")
         for name in names:
+            self._write_checkpoint(data, name, f"epoch {epoch}")
+
+    def _write_checkpoint(self, data: Mapping[str, Any], name: str, when: str) -> None:
+        try:
+            atomic_save(data, self.logdir / name)
+        except OSError as err:
+            raise RunFailed(f"{when}: cannot write {self.logdir / name}: {describe_os_error(err)}; "
+                            "the previous checkpoints are intact") from None
+
+    def save_interrupted(self, interrupted: InterruptedEpoch) -> Path:
+        """``last.pth`` of a preempted epoch: the completed epochs' state (``epoch`` is the last
+        completed one) with the weights, optimiser and tables after ``interrupted.step`` steps, and
+        ``interrupted`` to continue from there. Every rank sends its RNG states (one gather); all
+        ranks learn whether the main process could write it."""
+        interrupted.ranks = distributed.gather_objects(interrupted.ranks)
+        interrupted.signal = next((rank["signal"] for rank in interrupted.ranks if rank["signal"]), "")
+        failure: RunFailed | None = None
+        if self.process.is_main:
+            data = self.checkpoint(self.state.epoch)
+            data["interrupted"] = interrupted.to_dict()
             try:
-                atomic_save(data, self.logdir / name)
-            except OSError as err:
-                raise RunFailed(f"epoch {epoch}: cannot write {self.logdir / name}: {describe_os_error(err)}; "
-                                "the previous checkpoints are intact") from None
+                self._write_checkpoint(data, "last.pth", f"epoch {interrupted.epoch}, step {interrupted.step}")
+            except RunFailed as err:
+                failure = err
+        if not distributed.all_ranks_ok(failure is None, self.device):
+            raise failure or RunFailed(f"epoch {interrupted.epoch}: the main process could not save its checkpoint")
+        return self.logdir / "last.pth"
 
     # -- epochs
 
@@ -462,26 +694,28 @@ class Trainer:
         return self.args.phase1_epochs if self.args.phase == 1 else self.args.epochs
 
     def loader(self, epoch: int) -> DataLoader:
-        """This epoch's shuffled loader, seeded by (seed, epoch) so resumed epochs repeat exactly."""
+        """This epoch's shuffled loader, seeded by (seed, epoch) so resumed epochs repeat exactly.
+        Every batch holds scenes of one exposure count (``ExposureGroupedBatchSampler``); the
+        shuffle is drawn from the epoch's generator in one process (as ``RandomSampler`` would),
+        from seed + epoch on every rank under torchrun (as ``DistributedSampler`` would)."""
         generator = torch.Generator().manual_seed(epoch_seed(self.args.seed, epoch))
-        if self.process.distributed:
-            sampler = DistributedSampler(self.train_set, self.process.world_size, self.process.rank,
-                                         shuffle=True, seed=self.args.seed, drop_last=True)
-            sampler.set_epoch(epoch)
-        else:
-            sampler = RandomSampler(self.train_set, generator=generator)
-        return DataLoader(self.train_set, batch_size=self.args.batch_size, sampler=sampler,
-                          num_workers=self.args.num_workers, pin_memory=self.device.type == "cuda",
-                          drop_last=True, generator=generator, persistent_workers=False)
+        shuffle = torch.Generator().manual_seed(self.args.seed + epoch) if self.process.distributed else generator
+        batches = ExposureGroupedBatchSampler(self.train_set.crop_exposure_counts(), self.args.batch_size, shuffle,
+                                              self.process.world_size, self.process.rank)
+        return DataLoader(self.train_set, batch_sampler=batches, num_workers=self.args.num_workers,
+                          pin_memory=self.device.type == "cuda", generator=generator, persistent_workers=False,
+                          worker_init_fn=ignore_preemption_signals)
 
-    def train_epoch(self, epoch: int) -> dict[str, float]:
+    def train_epoch(self, epoch: int, interrupted: InterruptedEpoch | None = None) -> dict[str, float]:
+        """One epoch, or the rest of a preempted one (``interrupted``). A preemption signal ends
+        it after the current step: ``last.pth`` keeps that step and ``Preempted`` is raised."""
         args = self.args
         seed_everything(epoch_seed(args.seed, epoch, self.process.rank))
         ratio = mask_ratio(epoch, args.phase1_epochs, args.epochs, args.max_mask_ratio, args.is_curriculum,
                            args.constant_mask_ratio)
         guided = (args.is_guided_mask or args.is_guided_loss) and is_guided_update_epoch(
             epoch, args.phase1_epochs, args.metric_guided_interval)
-        if guided:
+        if guided and interrupted is None:  # a continued epoch finds its update in the restored tables
             updated = metric_guided_update(self.model, self.guided_set, self.tables, ratio, args, self.process,
                                            self.amp)
             self.log(f"epoch {epoch}: metric-guided update of {updated} segments (R = {ratio:.3f})")
@@ -497,21 +731,26 @@ class Trainer:
         self.train_model.train()
         loader = self.loader(epoch)
         total_steps = len(loader) if args.max_steps is None else min(len(loader), args.max_steps)
+        batches = iter(loader)
         sums = {"loss": 0.0, "l1": 0.0, "perceptual": 0.0}
-        steps = 0
-        bar = tqdm(total=total_steps, desc=f"epoch {epoch}/{self.last_epoch}", unit="step",
+        first = 0
+        if interrupted is not None:
+            first = self._continue_epoch(interrupted, batches, generator, total_steps)
+            sums = dict(interrupted.sums)
+        steps = first
+        bar = tqdm(total=total_steps, initial=first, desc=f"epoch {epoch}/{self.last_epoch}", unit="step",
                    disable=args.no_progress or not self.process.is_main, leave=False)
         started = time.perf_counter()
         last = None
-        for step, batch in enumerate(loader):
-            if step >= total_steps:
-                break
+        for step in range(first, total_steps):
+            batch = next(batches)
             last = training_step(self.train_model, batch, self.loss_fn, self.optimizer, ratio_table, weight_table,
                                  self.device, self.amp, self.scaler, generator,
                                  whole_crop_masking=args.mask_choice == 0, segment_ids=self.tables.ids)
             steps += 1
             finite = bool(torch.isfinite(last["loss"])) and weights_are_finite(self.optimizer.param_groups[0]["params"])
-            if not distributed.all_ranks_ok(finite, self.device):
+            all_finite, stop = distributed.all_ranks_agree(finite, self.preemption.received is not None, self.device)
+            if not all_finite:
                 what = f"the loss is {float(last['loss'])}" if not torch.isfinite(last["loss"]) else \
                     "the weights became non-finite" if not finite else "another process's loss or weights became non-finite"
                 kept = f"{self.logdir / 'last.pth'} keeps epoch {self.state.epoch}" if self.state.epoch else \
@@ -523,15 +762,51 @@ class Trainer:
                 sums[key] += float(last[key])
             bar.set_postfix(loss=f"{sums['loss'] / (step + 1):.4f}", R=f"{ratio:.2f}")
             bar.update()
+            if stop and steps < total_steps:  # after the last step, the epoch's own checkpoint is written
+                bar.close()
+                received = self.preemption.received or ""
+                self._preempt(InterruptedEpoch(epoch, steps, sums, received, [
+                    {"rng": rng_states(), "mask_generator": generator.get_state(), "signal": received}]))
         bar.close()
         seconds = time.perf_counter() - started
         stats = {key: value / max(steps, 1) for key, value in sums.items()}
         stats.update(lr=self.optimizer.param_groups[0]["lr"], mask_ratio=ratio, seconds=seconds,
-                     samples_per_second=steps * args.batch_size * self.process.world_size / max(seconds, 1e-9))
+                     samples_per_second=(steps - first) * args.batch_size * self.process.world_size
+                     / max(seconds, 1e-9))
         self.scheduler.step()
         if last is not None and last["mask_map"] is not None:
             self._last_mask_map = last["mask_map"][0].detach().float().cpu()
         return stats
+
+    def _continue_epoch(self, interrupted: InterruptedEpoch, batches: Any, generator: torch.Generator,
+                        total_steps: int) -> int:
+        """Draw the batches a preempted epoch trained on (loaded, not trained on: the loader's
+        workers and RNGs advance as they did) and put every RNG back as it was after its last
+        step; returns the first step to run."""
+        first = min(interrupted.step, total_steps)
+        for _ in range(first):
+            next(batches)
+        world = self.process.world_size
+        if len(interrupted.ranks) == world:
+            mine = interrupted.ranks[self.process.rank]
+            restore_rng_states(mine["rng"])
+            generator.set_state(mine["mask_generator"])
+        else:
+            self.log(f"note: epoch {interrupted.epoch} stopped with {len(interrupted.ranks)} process(es) and goes on "
+                     f"with {world}: from step {first}, but not exactly as it would have")
+        self.log(f"epoch {interrupted.epoch}: continuing after step {first} (stopped by {interrupted.signal})")
+        return first
+
+    def _preempt(self, interrupted: InterruptedEpoch) -> NoReturn:
+        """Save the preempted step and stop (raises ``Preempted``)."""
+        path = self.save_interrupted(interrupted)
+        self._stop_preempted(f"at epoch {interrupted.epoch} step {interrupted.step}", path, interrupted.signal)
+
+    def _stop_preempted(self, where: str, path: Path, signal_name: str = "") -> NoReturn:
+        signal_name = signal_name or self.preemption.received or "a signal to another process"
+        message = f"preempted ({signal_name}) {where}: checkpoint written to {path}; run the same command to continue"
+        self.log(message)
+        raise Preempted(message)
 
     def evaluate(self) -> dict[str, float]:
         """Test-split means with the evaluation module's metrics. Under torchrun each process
@@ -553,15 +828,19 @@ class Trainer:
     def write_scalars(self, epoch: int, stats: Mapping[str, float], metrics: Mapping[str, float]) -> None:
         if self.writer is None:
             return
-        for key in ("loss", "l1", "perceptual"):
-            self.writer.add_scalar(f"train/{key}", stats[key], epoch)
-        self.writer.add_scalar("train/learning_rate", stats["lr"], epoch)
-        self.writer.add_scalar("train/mask_ratio", stats["mask_ratio"], epoch)
-        self.writer.add_scalar("train/samples_per_second", stats["samples_per_second"], epoch)
-        self.writer.add_scalar("train/mean_loss_weight", float(self.tables.weight.mean()), epoch)
-        for key, value in metrics.items():
-            self.writer.add_scalar(f"test/{key}", value, epoch)
-        self.writer.flush()
+
+        def write(writer: Any) -> None:
+            for key in ("loss", "l1", "perceptual"):
+                writer.add_scalar(f"train/{key}", stats[key], epoch)
+            writer.add_scalar("train/learning_rate", stats["lr"], epoch)
+            writer.add_scalar("train/mask_ratio", stats["mask_ratio"], epoch)
+            writer.add_scalar("train/samples_per_second", stats["samples_per_second"], epoch)
+            writer.add_scalar("train/mean_loss_weight", float(self.tables.weight.mean()), epoch)
+            for key, value in metrics.items():
+                writer.add_scalar(f"test/{key}", value, epoch)
+            writer.flush()
+
+        self.writer.write(write)
 
     def write_images(self, epoch: int) -> None:
         """Reference LDR, μ-law prediction and label of the first test scene (from the last
@@ -569,14 +848,36 @@ class Trainer:
         if self.writer is None or self._first_test_scene is None:
             return
         sample, prediction = self._first_test_scene
-        self.writer.add_image("test/reference_ldr", reference_ldr(sample), epoch, dataformats="HWC")
-        self.writer.add_image("test/prediction_mu", mu_tonemap(prediction), epoch)
-        self.writer.add_image("test/label_mu", mu_tonemap(sample["label"].clamp(0, 1)), epoch)
-        if self._last_mask_map is not None:
-            self.writer.add_image("train/mask_map", self._last_mask_map, epoch)
+
+        def write(writer: Any) -> None:
+            writer.add_image("test/reference_ldr", reference_ldr(sample), epoch, dataformats="HWC")
+            writer.add_image("test/prediction_mu", mu_tonemap(prediction), epoch)
+            writer.add_image("test/label_mu", mu_tonemap(sample["label"].clamp(0, 1)), epoch)
+            if self._last_mask_map is not None:
+                writer.add_image("train/mask_map", self._last_mask_map, epoch)
+
+        self.writer.write(write)
 
     def run(self, until: int | None = None) -> RunState:
-        """Train from the start epoch to the phase's last epoch (or to ``until``, inclusive)."""
+        """Train from the start epoch to the phase's last epoch (or to ``until``, inclusive). A
+        preemption signal (SIGTERM, SIGUSR1) stops it after the current step with ``Preempted``
+        (``last.pth`` keeps that step). The run's lock and logs are closed at the end."""
+        self.preemption.install()
+        try:
+            return self._run(until)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close the TensorBoard log, put the signal handlers back and remove the lock (idempotent)."""
+        self.preemption.restore()
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        if self.lock is not None:
+            self.lock.release()
+
+    def _run(self, until: int | None) -> RunState:
         args = self.args
         stop = self.last_epoch if until is None else min(until, self.last_epoch)
         if self.start_epoch > self.last_epoch:
@@ -589,7 +890,9 @@ class Trainer:
                  f"process(es), {params:,} parameters, {self.tables.num_ids} segment IDs, device {self.device}, "
                  f"amp {self.amp or 'fp32'}; logs in {self.logdir}")
         for epoch in range(self.start_epoch, stop + 1):
-            stats = self.train_epoch(epoch)
+            interrupted = self._interrupted if self._interrupted is not None and self._interrupted.epoch == epoch \
+                else None
+            stats = self.train_epoch(epoch, interrupted)
             metrics: dict[str, float] = {}
             if epoch % args.test_interval == 0 or epoch == self.last_epoch:
                 metrics = self.evaluate()
@@ -611,10 +914,13 @@ class Trainer:
                 self.save(epoch, improved)
             except RunFailed as err:
                 failure = err
-            if not distributed.all_ranks_ok(failure is None, self.device):  # also the end-of-epoch barrier
+            # also the end-of-epoch barrier, and where a signal that came after the last step is seen
+            saved, preempted = distributed.all_ranks_agree(failure is None, self.preemption.received is not None,
+                                                           self.device)
+            if not saved:
                 raise failure or RunFailed(f"epoch {epoch}: the main process could not save its checkpoint")
-        if self.writer is not None:
-            self.writer.close()
+            if preempted and epoch < stop:
+                self._stop_preempted(f"after epoch {epoch}", self.logdir / "last.pth")
         return self.state
 
 

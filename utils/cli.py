@@ -1,5 +1,17 @@
 """Small pieces every command line of the project shares: boolean flags, device options and the
-exit-code contract (0 done, 1 a checkpoint failed, 2 unusable input)."""
+exit-code contract.
+
+Exit codes:
+
+- 0 (``EXIT_OK``): done;
+- 1 (``EXIT_FAILED_CHECKPOINT``): a checkpoint failed, or a run could not go on (training that
+  diverged, a full disk);
+- 2 (``EXIT_USAGE``): unusable options or input, or an output folder in use by another run;
+- 75 (``EXIT_PREEMPTED``, EX_TEMPFAIL of sysexits.h): training stopped on SIGTERM or SIGUSR1
+  (a cluster scheduler's warning before it ends a job) after writing a checkpoint of its last
+  step; the same command continues the run from that step;
+- 130: interrupted with Ctrl-C.
+"""
 from __future__ import annotations
 
 import argparse
@@ -10,11 +22,18 @@ from typing import Any, Callable, Mapping
 EXIT_OK = 0
 EXIT_FAILED_CHECKPOINT = 1
 EXIT_USAGE = 2
+EXIT_PREEMPTED = 75
 AMP_CHOICES = ("none", "bf16", "fp16")
 
 
+BUG_REPORT = ("this is a bug of the project, not a mistake of yours: please report it with the traceback "
+              "below and the command line")
+
+
 class UsageError(ValueError):
-    """Options or inputs that cannot be used; reported in one line, without a traceback."""
+    """Options or inputs that cannot be used; reported in one line, without a traceback. Every
+    error caused by the user's input or options derives from it (scenes, brackets, checkpoints,
+    tensor files, devices ...); any other exception is a bug and keeps its traceback."""
 
     exit_code = EXIT_USAGE
 
@@ -23,6 +42,13 @@ class RunFailed(RuntimeError):
     """A run that cannot go on (training that diverged, a full disk); reported in one line."""
 
     exit_code = EXIT_FAILED_CHECKPOINT
+
+
+class Preempted(Exception):
+    """Training stopped by a preemption signal after writing a resumable checkpoint; reported
+    in one line (its message), exit ``EXIT_PREEMPTED``."""
+
+    exit_code = EXIT_PREEMPTED
 
 
 def describe_os_error(err: OSError) -> str:
@@ -35,17 +61,20 @@ def describe_os_error(err: OSError) -> str:
 
 def run_cli(body: Callable[[], int], debug: bool = False) -> int:
     """Run an entry point's body and turn the user's mistakes into one ``error:`` line and an exit
-    code: unusable options or inputs (``ValueError`` and its kinds: scenes, checkpoints, ...) → 2,
+    code: unusable options or inputs (``UsageError`` and its kinds: scenes, checkpoints, ...) → 2,
     or the error's own ``exit_code`` (1 for a checkpoint that failed); a run that failed or a file
-    operation that failed → 1 (2 for a missing file). Anything else is a bug of ours and keeps its
-    traceback; ``debug`` keeps the traceback for everything."""
+    operation that failed → 1 (2 for a missing file). Anything else is a bug of ours: it keeps its
+    traceback, after a line asking to report it; ``debug`` keeps the traceback for everything."""
     try:
         return body()
-    except (ValueError, RunFailed) as err:
+    except Preempted as err:
+        print(err, file=sys.stderr)
+        return err.exit_code
+    except (UsageError, RunFailed) as err:
         if debug:
             raise
         print(f"error: {err}", file=sys.stderr)
-        return getattr(err, "exit_code", EXIT_USAGE)
+        return err.exit_code
     except OSError as err:
         if debug:
             raise
@@ -54,6 +83,19 @@ def run_cli(body: Callable[[], int], debug: bool = False) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception:
+        print(BUG_REPORT, file=sys.stderr)
+        raise
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with each option's default, unless its help already says it or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default in (None, argparse.SUPPRESS, False):
+            return text
+        return super()._get_help_string(action)
 
 
 def add_debug_option(parser: argparse.ArgumentParser) -> None:
@@ -98,12 +140,14 @@ def add_flag(group: argparse._ActionsContainer, name: str, default: bool, help: 
     group.add_argument(name, type=str2bool, nargs="?", const=True, default=default, metavar="BOOL", help=help)
 
 
-def add_device_options(group: argparse._ActionsContainer, device_help: str = "") -> None:
-    """``--device`` and ``--amp``."""
+def add_device_options(group: argparse._ActionsContainer, device_help: str = "", amp: bool = True) -> None:
+    """``--device``, ``--no_cuda`` and (with ``amp``) ``--amp``; the device is checked by
+    ``utils.distributed.resolve_device`` inside the command (one ``error:`` line)."""
     group.add_argument("--device", default="auto",
                        help=device_help or "auto (cuda when available, else cpu), cpu, cuda, cuda:N")
-    group.add_argument("--amp", choices=AMP_CHOICES, default="none",
-                       help="autocast precision; fp16 only on CUDA (falls back to float32 on the CPU)")
+    if amp:
+        group.add_argument("--amp", choices=AMP_CHOICES, default="none",
+                           help="autocast precision; fp16 only on CUDA (falls back to float32 on the CPU)")
     group.add_argument("--no_cuda", dest="device", action="store_const", const="cpu",
                        help="run on the CPU (the same as --device cpu)")
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .cli import UsageError
 from .cpu_memory import keep_freed_memory
 
 
@@ -36,12 +37,15 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"--device {name}: not a device; use auto, cpu, cuda or cuda:N") from None
+        raise UsageError(f"--device {name}: not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"--device {name}: CUDA is not available on this machine")
+            raise UsageError(f"--device {name}: CUDA is not available on this machine")
         if device.index is None:
             device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        elif device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                             f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
         torch.cuda.set_device(device)
     else:
         keep_freed_memory()
@@ -57,7 +61,7 @@ def init_process(device_name: str = "auto") -> ProcessInfo:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if world_size > 1 and ":" in device_name:
-        raise ValueError(f"--device {device_name} under torchrun would put all {world_size} processes on one GPU; "
+        raise UsageError(f"--device {device_name} under torchrun would put all {world_size} processes on one GPU; "
                          "pass --device cuda (or auto): each process takes the GPU of its LOCAL_RANK")
     device = resolve_device(device_name, local_rank)
     if world_size > 1 and not dist.is_initialized():
@@ -69,11 +73,18 @@ def all_ranks_ok(ok: bool, device: torch.device) -> bool:
     """Whether ``ok`` holds on every rank (one all-reduce; the value itself outside torchrun):
     every rank then takes the same branch, so a failure seen by one rank stops them all at the
     same point instead of leaving the others waiting in the next collective."""
+    return all_ranks_agree(ok, False, device)[0]
+
+
+def all_ranks_agree(ok: bool, stop: bool, device: torch.device) -> tuple[bool, bool]:
+    """(``ok`` on every rank, ``stop`` on any rank) in one all-reduce (the values themselves
+    outside torchrun): a preemption signal seen by one rank stops every rank after the same step."""
     if not (dist.is_available() and dist.is_initialized()):
-        return ok
-    flag = torch.tensor([1 if ok else 0], device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
+        return ok, stop
+    flags = torch.tensor([1 if ok else 0, 0 if stop else 1], device=device)
+    dist.all_reduce(flags, op=dist.ReduceOp.MIN)
+    all_ok, none_stopped = flags.tolist()
+    return bool(all_ok), not none_stopped
 
 
 def gather_objects(items: list) -> list:

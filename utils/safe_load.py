@@ -11,8 +11,10 @@ from typing import Any
 
 import torch
 
+from .cli import UsageError
 
-class TensorFileError(ValueError):
+
+class TensorFileError(UsageError):
     """A file that is missing, not a PyTorch file, or one that only full unpickling could read."""
 
 

@@ -33,6 +33,11 @@ def _identities(path: Path) -> list[object]:
     return found
 
 
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name one file (the same resolved path, or the same inode)."""
+    return bool(set(_identities(Path(a))) & set(_identities(Path(b))))
+
+
 def refuse_overwriting(targets: Iterable[str | os.PathLike], inputs: Iterable[str | os.PathLike],
                        how: str = "") -> None:
     """Raise OverwriteError when a file about to be written is one of ``inputs`` (the same
