@@ -24,6 +24,7 @@ import numpy as np
 
 from utils.atomic_io import save_npy_atomically
 from utils.cli import UsageError
+from utils.safe_paths import broken_link
 from utils.image_io import RELEASED_8BIT_SCALE, ImageReadError, read_hdr, read_ldr_frame
 
 PathLike = Union[str, Path]
@@ -113,13 +114,9 @@ class Scene:
 
 def _refuse_unresolvable_link(path: Path, what: str) -> None:
     """A symbolic link that leads nowhere (dangling, or a loop) is named, never skipped silently."""
-    if path.is_symlink():
-        try:
-            path.resolve(strict=True)
-        except (OSError, RuntimeError) as err:
-            why = "a symbolic link loop" if "loop" in str(err).lower() or isinstance(err, RuntimeError) \
-                else "a symbolic link to nothing"
-            raise SceneError(f"{what} {path}: {why}; remove or repair the link") from None
+    why = broken_link(path)
+    if why:
+        raise SceneError(f"{what} {path}: {why}; remove or repair the link")
 
 
 def list_scenes(dataset_dir: PathLike, split: str) -> list[Path]:

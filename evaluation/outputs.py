@@ -13,6 +13,7 @@ from datasets.preprocess import reference_ldr
 from evaluation.previews import side_by_side
 from evaluation.regions import RegionSettings, sample_region_map
 from utils.cli import UsageError
+from utils.safe_paths import broken_link
 from utils.image_io import write_hdr, write_png
 from utils.tonemap import tonemap_for_display
 
@@ -30,6 +31,10 @@ def list_checkpoints(path: str | Path) -> list[Path]:
     if path.is_file():
         return [path]
     if path.is_dir():
+        for entry in path.iterdir():
+            why = broken_link(entry) if entry.suffix in CHECKPOINT_SUFFIXES else None
+            if why:
+                raise CheckpointListError(f"--pretrained_model {path}: {entry} is {why}; remove or repair the link")
         found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES)
         if not found:
             raise CheckpointListError(

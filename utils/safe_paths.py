@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -78,6 +79,21 @@ def _read_only_mount(path: Path) -> bool:
         return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
     except OSError:
         return False
+
+
+def broken_link(path: str | os.PathLike) -> str | None:
+    """Why ``path`` is a symbolic link that leads nowhere ("a symbolic link loop", "a symbolic
+    link to nothing"), or None: such entries are named to the user, never skipped silently."""
+    path = Path(path)
+    if not path.is_symlink():
+        return None
+    try:
+        path.resolve(strict=True)
+    except RuntimeError:
+        return "a symbolic link loop"
+    except OSError as err:
+        return "a symbolic link loop" if err.errno == errno.ELOOP else "a symbolic link to nothing"
+    return None
 
 
 def file_name_in(folder: str | os.PathLike, name: str, option: str) -> Path:

@@ -189,3 +189,13 @@ def test_a_truncated_jpeg_scene_is_refused(dataset, tmp_path, error_line):
     assert evaluate(dataset, tmp_path / "out", "--ldr_pattern", "*.jpg", "--cache", "none") == 2
     error_line(str(broken), "truncated")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_broken_link_among_the_checkpoints_is_named(dataset, tmp_path, error_line):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    shutil.copy(CHECKPOINT, folder / "a.pth")
+    os.symlink(tmp_path / "deleted.pth", folder / "b.pth")
+    assert evaluate(dataset, tmp_path / "out", checkpoint=folder) == 2
+    error_line("b.pth", "symbolic link to nothing")
+    assert not (tmp_path / "out").exists()

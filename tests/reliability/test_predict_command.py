@@ -195,3 +195,15 @@ def test_a_read_only_save_dir_is_refused_before_the_network_runs(tmp_path, frame
     disk = small_filesystem(64, read_only=True)
     assert run("--save_dir", disk / "out", write_bracket(tmp_path / "hall", frames)) == 2
     error_line("--save_dir", "read-only")
+
+
+@pytest.mark.parametrize("kind", ["loop", "dangling"])
+def test_a_broken_link_among_the_frames_is_named(tmp_path, frames, error_line, kind):
+    import os
+
+    bracket = write_bracket(tmp_path / "hall", frames)
+    link = bracket / "input_4.png"
+    os.symlink(link if kind == "loop" else tmp_path / "gone.png", link)
+    assert run("--save_dir", tmp_path / "out", bracket) == 2
+    error_line("input_4.png", "symbolic link")
+    assert not (tmp_path / "out").exists()
