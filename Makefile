@@ -14,11 +14,10 @@ DEMO_TRAIN_ARGS = --dataset_dir $(DEMO_DIR)/data --preset tiny --train_patch_siz
 # The shipped demo checkpoint (pretrain_model/demo_smnet.pth): the project's recipe, tiny network,
 # on scenes made from the real radiance maps of datasets/radiance (seed 1, training colours varied),
 # phase 2 with the linear-radiance loss term, two CPU threads: about 90 minutes
-# (pretrain_model/README.md has the learning curve).
+# (pretrain_model/README.md has the learning curve). The training options are the recipe files
+# pretrain_model/demo_recipe/phase{1,2}.args.
 CKPT_DIR ?= demo_checkpoint_run
-CKPT_TRAIN_ARGS = --dataset_dir $(CKPT_DIR)/data --preset tiny --train_patch_size 96 --batch_size 8 \
-	--phase1_epochs 48 --epochs 64 --metric_guided_interval 6 --test_interval 5 --save_interval 10 \
-	--num_workers 0 --seed 1 --no_progress
+RECIPE = pretrain_model/demo_recipe
 
 .PHONY: setup test demo demo-checkpoint demo-checkpoint-check bench clean-demo
 
@@ -65,8 +64,9 @@ demo-checkpoint: setup
 	$(PY) -m datasets.real_scenes --out $(CKPT_DIR)/data --train 72 --test 6 --size 256 320 --seed 1 \
 		--colour_variation
 	$(PY) -m segmask.segment --dataset_dir $(CKPT_DIR)/data --mode superpixel --no_progress
-	OMP_NUM_THREADS=2 $(PY) train_phase1.py $(CKPT_TRAIN_ARGS) --repeat 6 --logdir $(CKPT_DIR)/phase1
-	OMP_NUM_THREADS=2 $(PY) train_phase2.py $(CKPT_TRAIN_ARGS) --repeat 10 --linear_lambda 1 \
+	OMP_NUM_THREADS=2 $(PY) train_phase1.py @$(RECIPE)/phase1.args --dataset_dir $(CKPT_DIR)/data \
+		--logdir $(CKPT_DIR)/phase1
+	OMP_NUM_THREADS=2 $(PY) train_phase2.py @$(RECIPE)/phase2.args --dataset_dir $(CKPT_DIR)/data \
 		--logdir $(CKPT_DIR)/phase2 --resume $(CKPT_DIR)/phase1/last.pth
 	$(PY) -m models.checkpoint export $(CKPT_DIR)/phase2/last.pth pretrain_model/demo_smnet.pth --overwrite
 

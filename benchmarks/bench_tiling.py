@@ -24,12 +24,11 @@ from datasets.synthetic import make_dataset
 from models.checkpoint import load_model
 from evaluation.evaluate import EvaluationResult, evaluate_scenes
 from models.inference import TEST_PAD_MULTIPLE, InferenceSettings, eval_mode, predict, resolve_amp
-from models.smnet import SMNet
+from models.registry import smnet_tiny
 from utils.distributed import resolve_device
 
 DEFAULT_CHECKPOINT = Path("pretrain_model/demo_smnet.pth")
 GENERATED_SCENES, GENERATED_SIZE, GENERATED_SEED = 3, (256, 384), 11
-TINY_SMNET = dict(embed_dim=24, depths=(2, 2), num_heads=(2, 2))  # the training script's "tiny" preset
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,7 +54,7 @@ def build_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, str]
     if path.is_file():
         return load_model(path, device=device), str(path)
     torch.manual_seed(0)
-    return (SMNet(**TINY_SMNET).to(device),
+    return (smnet_tiny().to(device),
             f"randomly initialised tiny SMNet ({path} not found: the numbers show the effect of tiling only)")
 
 

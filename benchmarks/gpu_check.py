@@ -47,6 +47,7 @@ from datasets.synthetic import make_dataset
 from evaluation.metrics import psnr_mu
 from models.checkpoint import load_model
 from models.inference import InferenceSettings, autocast_context, predict, reconstruct, resolve_amp
+from models.registry import ARCHITECTURES
 from models.smnet import SMNet
 from segmask.segment import segment_split, superpixel_masks
 from training.curriculum import SegmentTables
@@ -76,7 +77,7 @@ class Sizes:
 
 FULL = Sizes(forward=(1000, 1500), network={}, scenes=8, scene_size=(512, 768), batch=8, crop=128, steps=30,
              compile_size=256, tile=512, tile_overlap=64, repeats=5)
-QUICK = Sizes(forward=(160, 200), network=dict(embed_dim=24, depths=[2, 2], num_heads=[2, 2]), scenes=3,
+QUICK = Sizes(forward=(160, 200), network=ARCHITECTURES["smnet_tiny"], scenes=3,
               scene_size=(96, 128), batch=4, crop=64, steps=4, compile_size=64, tile=128, tile_overlap=32, repeats=2)
 
 

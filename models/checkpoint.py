@@ -22,6 +22,7 @@ from utils.cli import UsageError, run_cli
 from utils.safe_load import TensorFileError, load_tensors
 from utils.safe_paths import refuse_overwriting
 
+from .registry import architecture_name
 from .smnet import SMNet
 
 DERIVED_BUFFERS = ("relative_position_index", "attn_mask")
@@ -170,7 +171,8 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
 def save_model(path: str | os.PathLike, model: nn.Module, **extra: Any) -> None:
     """Write the project's checkpoint format: ``state_dict`` (no prefix), ``config`` and extras."""
     net = unwrap(model)
-    atomic_save({"state_dict": net.state_dict(), "config": dict(net.config), **extra}, path)
+    atomic_save({"state_dict": net.state_dict(), "config": dict(net.config),
+                 "architecture": architecture_name(net.config), **extra}, path)
 
 
 def released_state_dict(model: SMNet) -> dict[str, torch.Tensor]:

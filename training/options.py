@@ -13,17 +13,18 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from datasets.options import add_data_options
+from models.registry import ARCHITECTURES
 from training.losses import DEFAULT_LE_LAMBDA
 from training.curriculum import GUIDING_METRICS
-from utils.cli import HelpFormatter, add_debug_option, add_device_options, add_flag, add_inert_options, check_options
+from utils.cli import HelpFormatter, OptionsFileParser, add_debug_option, add_device_options, add_flag, add_inert_options, check_options
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
-    "tiny": dict(embed_dim=24, depths=[2, 2], num_heads=[2, 2], train_patch_size=64, batch_size=4, repeat=4,
-                 epochs=10, phase1_epochs=6, metric_guided_interval=2, test_interval=2, save_interval=5,
-                 le_lambda=0.0, drop_path_rate=0.0),
+    "tiny": dict(model="smnet_tiny", train_patch_size=64, batch_size=4, repeat=4, epochs=10, phase1_epochs=6,
+                 metric_guided_interval=2, test_interval=2, save_interval=5, le_lambda=0.0, drop_path_rate=0.0),
 }
-"""Defaults replaced by ``--preset NAME``. ``paper`` is the released recipe (nothing replaced)."""
+"""Defaults replaced by ``--preset NAME``: the schedule, and the network by its name
+(``models.registry``). ``paper`` is the released recipe (nothing replaced)."""
 
 INERT_OPTIONS: dict[str, tuple[Any, str]] = {
     "patch_size": (256, "the released test patch size; evaluation runs on whole images, the crop is --train_patch_size"),
@@ -73,7 +74,7 @@ OPTION_RULES = {
 
 def build_parser(phase: int) -> argparse.ArgumentParser:
     """The argument parser of one training phase (1: epochs 1–300, 2: epochs 301–400)."""
-    parser = argparse.ArgumentParser(
+    parser = OptionsFileParser(
         description=f"SMHDR training, phase {phase}: " + (
             "plain reconstruction, no masking (epochs 1-300)." if phase == 1 else
             "semantic-masking curriculum from a phase-1 checkpoint (epochs 301-400)."),
@@ -123,10 +124,12 @@ def build_parser(phase: int) -> argparse.ArgumentParser:
                       help="ImageNet VGG-19 weights file (torchvision or timm); default: the local caches")
 
     net = parser.add_argument_group("network")
-    net.add_argument("--embed_dim", type=int, default=60)
-    net.add_argument("--depths", type=int, nargs="+", default=[6, 6, 6, 6])
-    net.add_argument("--num_heads", type=int, nargs="+", default=[6, 6, 6, 6])
-    net.add_argument("--window_size", type=int, default=8)
+    net.add_argument("--model", choices=sorted(ARCHITECTURES), default="smnet",
+                     help="the network by name: smnet (the released one) or smnet_tiny (the demo checkpoint's)")
+    for name, kind, nargs in (("embed_dim", int, None), ("depths", int, "+"), ("num_heads", int, "+"),
+                              ("window_size", int, None)):
+        net.add_argument(f"--{name}", type=kind, nargs=nargs, default=None,
+                         help=f"override the named network's {name} (default: that of --model)")
     net.add_argument("--drop_path_rate", type=float, default=0.1)
     net.add_argument("--adl_drop_rate", type=float, default=0.75,
                      help="probability that a mask block applies the mask map (else its importance map)")
@@ -167,6 +170,9 @@ def parse_args(phase: int, argv: Sequence[str] | None = None) -> argparse.Namesp
     parser.set_defaults(**PRESETS[known.preset])
     args = parser.parse_args(argv)
     args.phase = phase
+    for name, value in ARCHITECTURES[args.model].items():  # what the named network fixes, unless overridden
+        if getattr(args, name) is None:
+            setattr(args, name, list(value) if isinstance(value, list) else value)
     check_options(parser, args, OPTION_RULES)
     if len(args.depths) != len(args.num_heads):
         parser.error(f"--depths {args.depths} and --num_heads {args.num_heads} differ in length")

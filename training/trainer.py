@@ -26,13 +26,14 @@ from typing import Any, Callable, Mapping, NoReturn, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from datasets import HDRFullImageDataset, HDRTrainDataset
-from datasets.hdr_dataset import ExposureGroupedBatchSampler
+from datasets.hdr_dataset import EpochSeededBatches, ExposureGroupedBatchSampler, collate_crops, to_network_batch
 from datasets.options import cache_mode, scene_layout
 from datasets.scene import list_scenes, scene_input_files
 from datasets.preprocess import reference_ldr
@@ -53,6 +54,7 @@ from models.inference import (
     resolve_amp,
 )
 from models.channel_attention import channel_attention_heads
+from models.registry import architecture_name
 from models.smnet import SMNet
 from training.curriculum import (
     SegmentTables,
@@ -186,10 +188,16 @@ def match_gradient_layout(model: nn.Module) -> None:
             parameter.data = restrided.copy_(parameter.data)
 
 
+def weights_finite_flag(parameters: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Whether every weight is finite, as a boolean tensor on their device (one reduction, no
+    synchronisation)."""
+    norms = torch._foreach_norm([p.detach() for p in parameters], ord=float("inf"))
+    return torch.isfinite(torch.stack(norms)).all()
+
+
 def weights_are_finite(parameters: Sequence[torch.Tensor]) -> bool:
     """Whether every weight is finite (one reduction and one device synchronisation)."""
-    norms = torch._foreach_norm([p.detach() for p in parameters], ord=float("inf"))
-    return bool(torch.isfinite(torch.stack(norms)).all())
+    return bool(weights_finite_flag(parameters))
 
 
 def scenes_by_exposure_count(splits: Mapping[str, HDRFullImageDataset | HDRTrainDataset | None]
@@ -321,6 +329,67 @@ class StepTimes:
     steps: int = 0
 
 
+LOSS_TERMS = ("loss", "l1", "perceptual")
+PROGRESS_REFRESH = 50
+"""Steps between the progress bar's loss updates (each reads the loss sums from the device)."""
+
+
+class StepChecks:
+    """An epoch's per-step checks and loss sums at one host–device synchronisation per step.
+
+    A step's finiteness (loss and weights) and loss terms stay on the device. Under torchrun the
+    step's flags and every rank's preemption flag are agreed on at once (one all-reduce, read:
+    the synchronisation), so all ranks stop after the same step. In one process the preemption
+    flag needs no device, and a step's finiteness is read after the next step has been queued,
+    so the device never waits for the host; ``finish`` reads the last one (end of the epoch, a
+    preemption) before anything is saved. The sums are float64, added in the order the host
+    once added them, and read by ``host_sums`` (end, preemption, progress bar)."""
+
+    def __init__(self, device: torch.device, sums: Mapping[str, float], distributed_run: bool) -> None:
+        self.device = device
+        self.distributed = distributed_run
+        self.sums = torch.tensor([sums[key] for key in LOSS_TERMS], dtype=torch.float64, device=device)
+        self._pending: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (step, loss, finite) not yet read
+
+    def after_step(self, step: int, result: Mapping[str, torch.Tensor], parameters: Sequence[torch.Tensor],
+                   stop: bool) -> tuple[str | None, bool]:
+        """Queue step ``step``'s checks; returns (why an earlier or this step failed, or None;
+        whether to stop after this step)."""
+        for index, key in enumerate(LOSS_TERMS):
+            self.sums[index] += result[key].detach().double()
+        loss = result["loss"].detach()
+        finite = torch.isfinite(loss) & weights_finite_flag(parameters)
+        if self.distributed:
+            flags = torch.stack([finite.int(), torch.tensor(0 if stop else 1, dtype=torch.int32, device=self.device)])
+            dist.all_reduce(flags, op=dist.ReduceOp.MIN)
+            all_finite, none_stopped = flags.tolist()
+            failure = None if all_finite else self._describe(step, loss, finite, other_rank=True)
+            return failure, not none_stopped
+        previous, self._pending = self._pending, (step, loss, finite)
+        return (self._read(previous) if previous is not None else None), stop
+
+    def finish(self) -> str | None:
+        """Read the last step's flag (why it failed, or None)."""
+        pending, self._pending = self._pending, None
+        return None if pending is None else self._read(pending)
+
+    def host_sums(self) -> dict[str, float]:
+        return dict(zip(LOSS_TERMS, self.sums.tolist()))
+
+    def _read(self, pending: tuple[int, torch.Tensor, torch.Tensor]) -> str | None:
+        step, loss, finite = pending
+        return None if bool(finite) else self._describe(step, loss, finite, other_rank=False)
+
+    @staticmethod
+    def _describe(step: int, loss: torch.Tensor, finite: torch.Tensor, other_rank: bool) -> str:
+        if not torch.isfinite(loss):
+            what = f"the loss is {float(loss)}"
+        else:
+            what = "another process's loss or weights became non-finite" if other_rank and bool(finite) else \
+                "the weights became non-finite"
+        return f"step {step}: {what}"
+
+
 def training_step(model: nn.Module, batch: Mapping[str, torch.Tensor], loss_fn: HDRLoss,
                   optimizer: torch.optim.Optimizer, ratio_table: torch.Tensor | None,
                   weight_table: torch.Tensor | None, device: torch.device, amp: str | None = None,
@@ -409,6 +478,7 @@ class Trainer:
         self.logdir = Path(args.logdir)
         self.writer: TensorBoardLog | None = None
         self.preemption = PreemptionSignals()
+        self._train_loader: DataLoader | None = None  # built by the first epoch, kept for the run
         refuse_overwriting_inputs(args, self.logdir)
         self.lock = self._lock_logdir()
         try:
@@ -435,7 +505,7 @@ class Trainer:
 
         layout, cache = scene_layout(args), cache_mode(args)
         self.train_set = HDRTrainDataset(args.dataset_dir, args.train_path, args.train_patch_size, args.repeat,
-                                         with_masks=True, cache=cache, layout=layout)
+                                         with_masks=True, cache=cache, layout=layout, encoded=True)
         self.guided_set = HDRFullImageDataset(args.dataset_dir, args.train_path, with_masks=True, cache=cache,
                                               layout=layout)
         self.test_set = None
@@ -445,6 +515,7 @@ class Trainer:
                                  "pass --test_path none to train without evaluating (and without best.pth)")
             self.test_set = HDRFullImageDataset(args.dataset_dir, args.test_path, cache=cache, layout=layout)
         progress = not args.no_progress and self.process.is_main
+        self._fill_scene_caches_per_node(progress)
         self.tables = SegmentTables(segment_ids_in_use(self.guided_set, args.train_patch_size, progress),
                                     device=self.device)
         if self.test_set is not None:  # decoded once now: a broken test file stops the run before the first step
@@ -490,6 +561,23 @@ class Trainer:
         if not distributed.all_ranks_ok(refusal is None, self.device):
             raise refusal or UsageError(f"--logdir {self.logdir} is in use by another run (see the main process)")
         return lock
+
+    def _fill_scene_caches_per_node(self, progress: bool) -> None:
+        """Under torchrun with the npy cache, each node's local rank 0 decodes the scenes into
+        their caches while the node's other ranks wait (nodes need not share a disk, so every
+        node fills its own); one agreement then stops every rank when a scene could not be read."""
+        if not self.process.distributed or self.train_set.reader.cache != "npy":
+            return
+        failure: Exception | None = None
+        if self.process.local_rank == 0:
+            try:
+                for dataset in (self.guided_set, self.test_set):
+                    if dataset is not None:
+                        dataset.fill_cache(progress)
+            except (UsageError, OSError) as err:
+                failure = err
+        if not distributed.all_ranks_ok(failure is None, self.device):
+            raise failure or UsageError("a scene could not be read on another node (see the error there)")
 
     def _check_steps_per_epoch(self) -> None:
         """Refuse an epoch without a single step; note the exposure counts too rare for a batch
@@ -643,7 +731,8 @@ class Trainer:
         net = unwrap(self.model)
         data = {
             "state_dict": net.state_dict(), "config": dict(net.config), "epoch": epoch, "phase": self.args.phase,
-            "preset": self.args.preset, "optimizer": self.optimizer.state_dict(),
+            "preset": self.args.preset, "architecture": architecture_name(net.config),
+            "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "tables": self.tables.state_dict(), "rng": rng_states(),
             "best_psnr_mu": self.state.best_psnr_mu, "history": self.state.history, "args": plain_args(self.args),
         }
@@ -694,17 +783,25 @@ class Trainer:
         return self.args.phase1_epochs if self.args.phase == 1 else self.args.epochs
 
     def loader(self, epoch: int) -> DataLoader:
-        """This epoch's shuffled loader, seeded by (seed, epoch) so resumed epochs repeat exactly.
-        Every batch holds scenes of one exposure count (``ExposureGroupedBatchSampler``); the
-        shuffle is drawn from the epoch's generator in one process (as ``RandomSampler`` would),
-        from seed + epoch on every rank under torchrun (as ``DistributedSampler`` would)."""
+        """The run's loader, set to this epoch's shuffle, seeded by (seed, epoch) so resumed
+        epochs repeat exactly. Every batch holds scenes of one exposure count
+        (``ExposureGroupedBatchSampler``); the shuffle is drawn from the epoch's generator in one
+        process (as ``RandomSampler`` would), from seed + epoch on every rank under torchrun (as
+        ``DistributedSampler`` would). One loader serves every epoch: its workers persist, and
+        ``EpochSeededBatches`` gives them the seeds a loader built for the epoch would."""
         generator = torch.Generator().manual_seed(epoch_seed(self.args.seed, epoch))
         shuffle = torch.Generator().manual_seed(self.args.seed + epoch) if self.process.distributed else generator
-        batches = ExposureGroupedBatchSampler(self.train_set.crop_exposure_counts(), self.args.batch_size, shuffle,
-                                              self.process.world_size, self.process.rank)
-        return DataLoader(self.train_set, batch_sampler=batches, num_workers=self.args.num_workers,
-                          pin_memory=self.device.type == "cuda", generator=generator, persistent_workers=False,
-                          worker_init_fn=ignore_preemption_signals)
+        if self._train_loader is None:
+            batches = EpochSeededBatches(ExposureGroupedBatchSampler(
+                self.train_set.crop_exposure_counts(), self.args.batch_size, shuffle, self.process.world_size,
+                self.process.rank))
+            workers = self.args.num_workers
+            self._train_loader = DataLoader(self.train_set, batch_sampler=batches, num_workers=workers,
+                                            collate_fn=collate_crops, pin_memory=self.device.type == "cuda",
+                                            generator=torch.Generator(), persistent_workers=workers > 0,
+                                            worker_init_fn=ignore_preemption_signals)
+        self._train_loader.batch_sampler.set_epoch(generator, shuffle)
+        return self._train_loader
 
     def train_epoch(self, epoch: int, interrupted: InterruptedEpoch | None = None) -> dict[str, float]:
         """One epoch, or the rest of a preempted one (``interrupted``). A preemption signal ends
@@ -740,33 +837,29 @@ class Trainer:
         steps = first
         bar = tqdm(total=total_steps, initial=first, desc=f"epoch {epoch}/{self.last_epoch}", unit="step",
                    disable=args.no_progress or not self.process.is_main, leave=False)
+        checks = StepChecks(self.device, sums, self.process.distributed)
+        parameters = self.optimizer.param_groups[0]["params"]
         started = time.perf_counter()
         last = None
         for step in range(first, total_steps):
-            batch = next(batches)
+            batch = to_network_batch(next(batches), self.device)
             last = training_step(self.train_model, batch, self.loss_fn, self.optimizer, ratio_table, weight_table,
                                  self.device, self.amp, self.scaler, generator,
                                  whole_crop_masking=args.mask_choice == 0, segment_ids=self.tables.ids)
             steps += 1
-            finite = bool(torch.isfinite(last["loss"])) and weights_are_finite(self.optimizer.param_groups[0]["params"])
-            all_finite, stop = distributed.all_ranks_agree(finite, self.preemption.received is not None, self.device)
-            if not all_finite:
-                what = f"the loss is {float(last['loss'])}" if not torch.isfinite(last["loss"]) else \
-                    "the weights became non-finite" if not finite else "another process's loss or weights became non-finite"
-                kept = f"{self.logdir / 'last.pth'} keeps epoch {self.state.epoch}" if self.state.epoch else \
-                    "no checkpoint was written"
-                raise RunFailed(f"epoch {epoch}, step {step + 1}: {what}; nothing of this epoch was saved ({kept}). "
-                                f"Lower --lr (now {args.lr:g})" + (" or train in float32 (--amp none)"
-                                                                    if self.amp else ""))
-            for key in sums:
-                sums[key] += float(last[key])
-            bar.set_postfix(loss=f"{sums['loss'] / (step + 1):.4f}", R=f"{ratio:.2f}")
+            failure, stop = checks.after_step(steps, last, parameters, self.preemption.received is not None)
+            self._stop_if_diverged(epoch, failure)
+            if not bar.disable and (steps % PROGRESS_REFRESH == 0 or steps == total_steps):
+                bar.set_postfix(loss=f"{checks.host_sums()['loss'] / steps:.4f}", R=f"{ratio:.2f}")
             bar.update()
             if stop and steps < total_steps:  # after the last step, the epoch's own checkpoint is written
+                self._stop_if_diverged(epoch, checks.finish())
                 bar.close()
                 received = self.preemption.received or ""
-                self._preempt(InterruptedEpoch(epoch, steps, sums, received, [
+                self._preempt(InterruptedEpoch(epoch, steps, checks.host_sums(), received, [
                     {"rng": rng_states(), "mask_generator": generator.get_state(), "signal": received}]))
+        self._stop_if_diverged(epoch, checks.finish())
+        sums = checks.host_sums()
         bar.close()
         seconds = time.perf_counter() - started
         stats = {key: value / max(steps, 1) for key, value in sums.items()}
@@ -777,6 +870,16 @@ class Trainer:
         if last is not None and last["mask_map"] is not None:
             self._last_mask_map = last["mask_map"][0].detach().float().cpu()
         return stats
+
+    def _stop_if_diverged(self, epoch: int, failure: str | None) -> None:
+        """Raise ``RunFailed`` for a step whose loss or weights became non-finite (nothing of the
+        epoch is saved)."""
+        if failure is None:
+            return
+        kept = f"{self.logdir / 'last.pth'} keeps epoch {self.state.epoch}" if self.state.epoch else \
+            "no checkpoint was written"
+        raise RunFailed(f"epoch {epoch}, {failure}; nothing of this epoch was saved ({kept}). "
+                        f"Lower --lr (now {self.args.lr:g})" + (" or train in float32 (--amp none)" if self.amp else ""))
 
     def _continue_epoch(self, interrupted: InterruptedEpoch, batches: Any, generator: torch.Generator,
                         total_steps: int) -> int:
@@ -869,8 +972,10 @@ class Trainer:
             self.close()
 
     def close(self) -> None:
-        """Close the TensorBoard log, put the signal handlers back and remove the lock (idempotent)."""
+        """Close the TensorBoard log, put the signal handlers back, end the loader's workers and
+        remove the lock (idempotent)."""
         self.preemption.restore()
+        self._train_loader = None  # its persistent workers end with it
         if self.writer is not None:
             self.writer.close()
             self.writer = None

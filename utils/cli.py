@@ -88,6 +88,18 @@ def run_cli(body: Callable[[], int], debug: bool = False) -> int:
         raise
 
 
+class OptionsFileParser(argparse.ArgumentParser):
+    """An argument parser that also reads options from files named ``@FILE`` on the command line:
+    whitespace-separated options, several per line, ``#`` starting a comment; a file may name
+    another ``@FILE``. A recipe is then written once and used by every command line that runs it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, fromfile_prefix_chars="@", **kwargs)
+
+    def convert_arg_line_to_args(self, arg_line: str) -> list[str]:
+        return arg_line.split("#", 1)[0].split()
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """``--help`` with each option's default, unless its help already says it or there is none."""
 
