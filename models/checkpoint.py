@@ -48,6 +48,14 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
+def strip_wrapper_prefixes(key: str) -> str:
+    """A parameter name without the prefixes DataParallel/DDP (``module.``) and torch.compile
+    (``_orig_mod.``) add, in any order and number."""
+    while key.startswith(WRAPPER_PREFIXES):
+        key = next(key[len(p):] for p in WRAPPER_PREFIXES if key.startswith(p))
+    return key
+
+
 def extract_state_dict(data: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """The network's parameters from any accepted format, without wrapper prefixes or derived buffers."""
     state = data.get("state_dict", data.get("model", data))
@@ -55,9 +63,7 @@ def extract_state_dict(data: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         raise CheckpointError("no state dict found: expected a 'state_dict' entry or a dict of tensors")
     clean = {}
     for key, value in state.items():
-        for prefix in WRAPPER_PREFIXES:
-            while key.startswith(prefix):
-                key = key[len(prefix):]
+        key = strip_wrapper_prefixes(key)
         if key.rsplit(".", 1)[-1] in DERIVED_BUFFERS:
             continue
         clean[key] = value

@@ -399,3 +399,13 @@ def test_channel_attention_under_autocast_does_not_overflow_on_large_images(dtyp
     assert result.dtype == dtype
     assert torch.isfinite(result).all()
     assert (result.float() - expected).abs().max() < 0.05 * expected.abs().max()
+
+
+@pytest.mark.parametrize("key", ["conv_end.weight", "module.conv_end.weight", "_orig_mod.conv_end.weight",
+                                 "module._orig_mod.conv_end.weight", "_orig_mod.module.conv_end.weight"])
+def test_wrapper_prefixes_are_stripped_in_any_order(key):
+    from models.checkpoint import strip_wrapper_prefixes
+    from training.resume import parameter_order
+
+    assert strip_wrapper_prefixes(key) == "conv_end.weight"
+    assert parameter_order({key: torch.zeros(1)}, {"conv_end.weight"}) == ["conv_end.weight"]

@@ -151,15 +151,6 @@ def build_lr_scheduler(
     return LambdaLR(optimizer, factor, last_epoch=start_epoch - 2)
 
 
-def set_learning_rate(optimizer: Optimizer, epoch: int, **schedule: Any) -> float:
-    """Stateless alternative to the scheduler: set every param group's lr to
-    `learning_rate(epoch, **schedule)` (call at the start of 1-based `epoch`); returns it."""
-    rate = learning_rate(epoch, **schedule)
-    for group in optimizer.param_groups:
-        group["lr"] = rate
-    return rate
-
-
 # ----------------------------------------------------------------------------- per-segment tables
 
 

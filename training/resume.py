@@ -26,6 +26,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from models.checkpoint import strip_wrapper_prefixes
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -145,7 +147,7 @@ def parameter_order(state_dict: Mapping[str, torch.Tensor], parameter_names: set
     ``named_parameters()`` does the same without the buffers: so the parameters' order is the
     state dict's key order with the buffers (and DataParallel's ``module.`` prefix) taken out.
     """
-    names = [key.removeprefix("module.").removeprefix("_orig_mod.") for key in state_dict]
+    names = [strip_wrapper_prefixes(key) for key in state_dict]
     return [name for name in names if name in parameter_names]
 
 
