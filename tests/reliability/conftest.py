@@ -10,12 +10,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from reliability_commands import one_error_line
 
 from datasets.synthetic import make_dataset
 from segmask.segment import segment_split, superpixel_masks
-
-ROOT = Path(__file__).resolve().parents[2]
-DEMO = ROOT / "pretrain_model" / "demo_smnet.pth"
 
 
 @pytest.fixture(scope="session")
@@ -64,16 +62,8 @@ def checksums():
 @pytest.fixture
 def error_line(capsys):
     """``error_line(*words)``: the single ``error:`` line on stderr (no traceback anywhere on
-    stderr), checked to contain ``words``."""
-    def read(*words: str) -> str:
-        err = capsys.readouterr().err
-        assert "Traceback" not in err, err
-        lines = [line for line in err.splitlines() if line.startswith("error:")]
-        assert len(lines) == 1, err
-        for word in words:
-            assert word in lines[0], lines[0]
-        return lines[0]
-    return read
+    stderr), checked to contain ``words`` (``reliability_commands.one_error_line``)."""
+    return lambda *words: one_error_line(capsys, *words)
 
 
 @pytest.fixture

@@ -42,3 +42,14 @@ def test_export_of_non_finite_weights_is_refused_naming_the_tensor(training_chec
     assert checkpoint_module.main(["export", str(training_checkpoint), str(tmp_path / "small.pth")]) == 1
     error_line("conv_first.0.weight", "NaN")
     assert not (tmp_path / "small.pth").exists()
+
+
+def test_export_to_a_folder_or_over_a_file_is_one_line(tmp_path, error_line):
+    save_model(tmp_path / "m.pth", SMNet(embed_dim=24, depths=[1], num_heads=[2]))
+    assert checkpoint_module.main(["export", str(tmp_path / "m.pth"), str(tmp_path)]) == 2
+    error_line("is a folder")
+    (tmp_path / "kept.pth").write_bytes(b"an earlier result")
+    assert checkpoint_module.main(["export", str(tmp_path / "m.pth"), str(tmp_path / "kept.pth")]) == 2
+    error_line("--overwrite")
+    assert (tmp_path / "kept.pth").read_bytes() == b"an earlier result"
+    assert checkpoint_module.main(["export", str(tmp_path / "m.pth"), str(tmp_path / "kept.pth"), "--overwrite"]) == 0

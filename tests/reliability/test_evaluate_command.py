@@ -3,14 +3,18 @@ and that no scene file, checkpoint or earlier output changed."""
 from __future__ import annotations
 
 import codecs
+import errno
 import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from evaluation import cli as test_cli
+from models.smnet import SMNet
+from utils.image_io import write_hdr
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 CHECKPOINT = FIXTURES / "tiny_n3_48x64.pth"
@@ -199,3 +203,70 @@ def test_a_broken_link_among_the_checkpoints_is_named(dataset, tmp_path, error_l
     assert evaluate(dataset, tmp_path / "out", checkpoint=folder) == 2
     error_line("b.pth", "symbolic link to nothing")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("config", [{"embed_dim": 24, "no_such_option": 1}, {"embed_dim": "wide"},
+                                    {"window_size": 0}])
+def test_a_checkpoint_config_that_describes_no_network_is_exit_1(small_dataset, tmp_path, capsys, config):
+    path = tmp_path / "bad.pth"
+    torch.save({"state_dict": SMNet(embed_dim=24, depths=[1], num_heads=[2]).state_dict(), "config": config}, path)
+    assert evaluate(small_dataset, tmp_path / "out", checkpoint=path) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and str(path) in err
+
+
+# --- test.py --------------------------------------------------------------------------------------
+
+def test_a_corrupt_test_image_is_exit_2_before_anything_is_written(dataset, tmp_path, error_line):
+    target = next((dataset / "Test").iterdir()) / "input_2.tif"
+    target.write_bytes(target.read_bytes()[:300])
+    assert evaluate(dataset, tmp_path / "out", "--cache", "none") == 2
+    error_line(str(target))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_run_that_fails_halfway_leaves_no_half_file_and_no_stale_tables(small_dataset, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    assert evaluate(small_dataset, out) == 0
+    assert (out / "metrics.csv").is_file() and (out / "summary.json").is_file()
+    real_write_bytes = Path.write_bytes
+
+    def full_disk(path, data):
+        if path.suffix == ".hdr":
+            real_write_bytes(path, data[:11])  # a partial file, then the failure
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_write_bytes(path, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    for scene in out.glob("*.hdr"):
+        scene.unlink()
+    assert evaluate(small_dataset, out) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "stopped after writing 0 scene(s)" in err
+    assert not list(out.glob("*.hdr")) and not [p for p in out.iterdir() if ".tmp" in p.name]
+    assert not (out / "metrics.csv").exists() and not (out / "summary.json").exists()
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--peak_luminance", "0"], ["--peak_luminance"]), (["--peak_luminance", "-3"], ["--peak_luminance"]),
+    (["--peak_luminance", "nan"], ["--peak_luminance"]), (["--tile", "16"], ["--tile 16"]),
+    (["--device", "cuda:x"], ["--device"]),
+])
+def test_metric_and_inference_settings_that_cannot_be_right(small_dataset, tmp_path, error_line, extra, words):
+    assert evaluate(small_dataset, tmp_path / "out", *extra) == 2
+    error_line(*words)
+
+
+def test_save_dir_that_is_a_file(small_dataset, tmp_path, error_line):
+    (tmp_path / "file").write_text("x")
+    assert evaluate(small_dataset, tmp_path / "file") == 2
+    error_line("--save_dir")
+
+
+def test_a_label_far_outside_relative_radiance_is_an_error(dataset, tmp_path, error_line):
+    scene = next((dataset / "Test").iterdir())
+    label = np.full((48, 64, 3), 0.5, np.float32)
+    label[0, 0] = 1e38
+    write_hdr(scene / "HDRImg.hdr", label)
+    assert evaluate(dataset, tmp_path / "out") == 2
+    error_line("HDRImg.hdr", "relative radiance")

@@ -3,6 +3,7 @@ every refusal is one line naming the option."""
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 import cv2
@@ -88,3 +89,20 @@ def test_a_symlink_loop_among_the_scenes_is_named(dataset, error_line, checksums
     assert run(dataset) == 2
     error_line("looping", "symbolic link loop")
     before.assert_unchanged()
+
+
+# --- segment.py -----------------------------------------------------------------------------------
+
+def test_segment_with_a_sam_checkpoint_that_needs_unpickling(small_dataset, tmp_path, error_line):
+    path = tmp_path / "sam.pth"
+    with path.open("wb") as handle:
+        pickle.dump({"weights": Path("x")}, handle)
+    assert segment.main(["--dataset_dir", str(small_dataset), "--sam_checkpoint", str(path), "--model_type", "tiny",
+                         "--overwrite", "--no_progress"]) == 2
+    error_line("SAM checkpoint", str(path))
+
+
+def test_segment_with_a_missing_split(small_dataset, error_line):
+    assert segment.main(["--dataset_dir", str(small_dataset), "--train_path", "Nope", "--mode", "random",
+                         "--no_progress"]) == 2
+    error_line("Nope")
