@@ -9,7 +9,9 @@ A bracket is a folder whose image files are the frames, or a list of image files
    every file records them), stops = log2 of it relative to the shortest.
 
 Frames are ordered shortest exposure first whatever their names; the reference is the middle
-one (``n // 2``), as in the benchmarks. Every problem raises ``BracketError`` with a one-line
+one (``n // 2``), as in the benchmarks. Frames are turned upright as their EXIF Orientation tag
+says (``upright``, as viewers and ``PIL.ImageOps.exif_transpose`` do); all frames of a bracket
+must carry the same one (none counts as 1). Every problem raises ``BracketError`` with a one-line
 message naming the file or option.
 """
 from __future__ import annotations
@@ -25,6 +27,7 @@ from PIL import ExifTags, Image, UnidentifiedImageError
 
 from utils.cli import UsageError
 from utils.image_io import ImageReadError, read_ldr_frame
+from utils.safe_paths import broken_link
 
 from .scene import SceneError, SceneLayout, check_colour_agreement, check_stops, read_exposures
 
@@ -51,6 +54,7 @@ class BracketSource:
     files: tuple[Path, ...]  # shortest exposure first
     stops: tuple[float, ...]  # one per file, increasing
     exposure_source: str  # "--stops", "exposure.txt" or "EXIF"
+    orientation: int = 1  # the frames' EXIF Orientation (1 = stored upright)
 
     @property
     def reference_index(self) -> int:
@@ -97,6 +101,10 @@ def is_image_file(path: Path) -> bool:
 def list_frames(folder: PathLike) -> list[Path]:
     """The image files of a bracket folder, sorted by name (the masks preview is not a frame)."""
     folder = Path(folder)
+    for path in folder.iterdir():
+        why = broken_link(path) if path.suffix.lower() in IMAGE_SUFFIXES else None
+        if why:
+            raise BracketError(f"{path}: {why}; remove or repair the link")
     return sorted(p for p in folder.iterdir() if is_image_file(p) and p.name not in _NOT_FRAMES)
 
 
@@ -235,18 +243,66 @@ def find_bracket(inputs: PathLike | Sequence[PathLike], stops: Sequence[float] |
         values, source = found, "EXIF"
         _check_stops(values, f"{where}: the exposures in the files' EXIF")
     ordered_files, ordered_stops = _order_by_exposure(files, values)
-    return BracketSource(bracket_name, ordered_files, ordered_stops, source)
+    return BracketSource(bracket_name, ordered_files, ordered_stops, source, bracket_orientation(ordered_files))
+
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+TIFF_TURNED_ON_READING = (2, 3, 4)
+"""Orientations OpenCV's TIFF reader applies itself (it cannot decode a TIFF tagged 5 to 8)."""
+
+
+_UPRIGHT = {  # EXIF Orientation → the stored pixels turned upright, as PIL.ImageOps.exif_transpose does
+    2: lambda a: a[:, ::-1],  # mirrored left-right
+    3: lambda a: a[::-1, ::-1],  # rotated 180°
+    4: lambda a: a[::-1],  # mirrored top-bottom
+    5: lambda a: a.swapaxes(0, 1),  # transposed
+    6: lambda a: np.rot90(a, -1),  # turned 90° clockwise
+    7: lambda a: np.rot90(a, 2).swapaxes(0, 1),  # transversed
+    8: lambda a: np.rot90(a, 1),  # turned 90° counter-clockwise
+}
+
+
+def read_orientation(path: PathLike) -> int:
+    """A file's EXIF Orientation, 1 to 8; 1 without one (or with a value outside 1–8, or a
+    header Pillow cannot parse, as viewers do)."""
+    try:
+        with Image.open(path) as image:
+            value = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def bracket_orientation(files: Sequence[Path]) -> int:
+    """The EXIF Orientation all frames share; BracketError naming two frames that disagree."""
+    values = [read_orientation(path) for path in files]
+    for path, value in zip(files[1:], values[1:]):
+        if value != values[0]:
+            raise BracketError(f"{files[0]} and {path}: EXIF orientations {values[0]} and {value}; the frames "
+                               f"of a bracket must be stored the same way up")
+    for path, value in zip(files, values):
+        if path.suffix.lower() in TIFF_SUFFIXES and value not in (1, *TIFF_TURNED_ON_READING):
+            raise BracketError(f"{path}: a TIFF stored turned by 90° (orientation {value}), which OpenCV cannot "
+                               f"decode; save the frames upright")
+    return values[0]
+
+
+def upright(image: np.ndarray, orientation: int) -> np.ndarray:
+    """An H×W(×C) frame in stored pixel order turned upright for its EXIF Orientation (contiguous)."""
+    turn = _UPRIGHT.get(orientation)
+    return image if turn is None else np.ascontiguousarray(turn(image))
 
 
 def load_bracket(source: BracketSource) -> Bracket:
-    """Decode the frames of a found bracket and check they share one size."""
+    """Decode the frames of a found bracket, turned upright, and check they share one size."""
     ldrs, grayscale = [], []
     for path in source.files:
         try:
             frame = read_ldr_frame(path)
         except ImageReadError as err:
             raise BracketError(str(err)) from None
-        ldrs.append(frame.rgb)
+        tiff = path.suffix.lower() in TIFF_SUFFIXES  # OpenCV turned it upright already
+        ldrs.append(frame.rgb if tiff else upright(frame.rgb, source.orientation))
         grayscale.append(frame.grayscale)
         if ldrs[-1].shape != ldrs[0].shape:
             h0, w0 = ldrs[0].shape[:2]

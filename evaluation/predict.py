@@ -1,13 +1,16 @@
 """The prediction command (``predict.py``): an HDR image from each of a user's own exposure
 brackets, with no label and no metrics.
 
-    python predict.py --pretrained_model pretrain_model/SMHDR.pth --save_dir out photos/hall photos/yard
-    python predict.py --pretrained_model pretrain_model/SMHDR.pth --save_dir out --name hall IMG_1.JPG IMG_2.JPG
+    python predict.py --pretrained_model pretrain_model/stage2/Kal.pth --save_dir out photos/hall photos/yard
+    python predict.py --pretrained_model pretrain_model/stage2/Kal.pth --save_dir out --name hall IMG_1.JPG IMG_2.JPG
 
 Each INPUT folder is one bracket (one output each); a list of image files is one bracket. The
 exposures come from ``--stops``, the folder's ``exposure.txt`` or the files' EXIF (see
-``datasets.bracket``). Hand-held brackets are registered to the middle exposure first
-(``--align``, see ``datasets.align``). Outputs per bracket: ``<name>.hdr`` (linear RGB, as
+``datasets.bracket``), which also turns the frames upright as their EXIF orientation says. Each
+frame is linearised with the camera's response and re-encoded with gamma 2.2, as the network
+expects (``--response``, by default estimated from the bracket, see ``datasets.response``).
+Hand-held brackets are registered to the middle exposure first (``--align``, see
+``datasets.align``). Outputs per bracket: ``<name>.hdr`` (linear RGB, as
 ``test.py`` writes), ``<name>.png`` (tone-mapped preview) and with ``--exr`` ``<name>.exr``
 (half float); each scene's files are written atomically, together.
 
@@ -33,9 +36,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from datasets.align import MOTION_MODELS, align_bracket
+from datasets.align import MOTION_MODELS, align_bracket, warp_frame
 from datasets.bracket import EXPOSURE_FILE, BracketSource, find_bracket, load_bracket
 from datasets.preprocess import build_network_input
+from datasets.response import BracketResponse, Response, bracket_response, response_option, save_response
 from evaluation.options import add_preview_option
 from models.channel_attention import channel_attention_heads
 from models.checkpoint import load_model
@@ -80,6 +84,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                          help="use the frames as they are (tripod shots, pre-aligned benchmark scenes)")
     bracket.add_argument("--align_motion", choices=tuple(MOTION_MODELS), default="euclidean",
                          help="global motion model of --align (default: %(default)s)")
+    bracket.add_argument("--response", default=None, metavar="auto|gamma|srgb|FILE",
+                         help="camera response each frame is linearised with before it is re-encoded with "
+                              "gamma 2.2, as the network expects: auto = estimated from the bracket (sRGB "
+                              "when the estimate is unreliable), gamma = frames used as they are, srgb, or "
+                              "a curve FILE (see --save_response). Default: auto, except gamma for folders "
+                              "with an exposure.txt")
+    bracket.add_argument("--save_response", type=Path, default=None, metavar="FILE",
+                         help="write the response used for the bracket (one bracket only) to FILE: 256 "
+                              "rows of text, or a NumPy array for a .npy name")
 
     inference = parser.add_argument_group("inference")
     add_device_options(inference)
@@ -148,6 +161,12 @@ def check_outputs(args: argparse.Namespace, sources: Sequence[BracketSource]) ->
         folder = source.files[0].parent
         inputs += [*source.files, *([folder / EXPOSURE_FILE] if (folder / EXPOSURE_FILE).is_file() else [])]
     targets = [path for source in sources for path in output_paths(args.save_dir, source.name, args.exr)]
+    if args.save_response is not None:
+        if len(sources) > 1:
+            raise UsageError(f"--save_response: writes the response of one bracket, but {len(sources)} were given")
+        targets.append(args.save_response)
+        inputs += [args.response.path] if isinstance(args.response, Response) and args.response.path else []
+        check_writable_folder(args.save_response.parent, "--save_response")
     refuse_overwriting(targets, inputs, how=f"--save_dir {args.save_dir}" + (f" --name {args.name}" if args.name else ""))
     check_writable_folder(args.save_dir, "--save_dir")
 
@@ -191,6 +210,29 @@ def auto_tile(size: tuple[int, int], embed_dim: int, device: torch.device) -> in
     if padded[0] * padded[1] * embed_dim * BYTES_PER_PIXEL_PER_CHANNEL <= budget:
         return 0
     return next((t for t in AUTO_TILES if t * t * embed_dim * BYTES_PER_PIXEL_PER_CHANNEL <= budget), AUTO_TILES[-1])
+
+
+def linearise_and_align(frames: np.ndarray, stops: Sequence[float], reference: int, response: str | Response | None,
+                        benchmark_folder: bool, align: bool, motion: str = "euclidean"
+                        ) -> tuple[np.ndarray, BracketResponse, str]:
+    """Frames as the network expects them: linearised with the bracket's camera response
+    (``datasets.response.bracket_response``) and re-encoded with gamma 2.2, then, with ``align``,
+    registered to the reference (on the re-encoded frames, which ``align_bracket`` expects). A
+    response estimated from the frames is estimated again on frames registered with the first
+    estimate, which constrain it better, and kept when they agree better; the registration is then
+    found again with it, so that the saved response given as a file reproduces the result. Returns
+    the frames, the response chosen and how the frames were aligned."""
+    chosen = bracket_response(response, frames, stops, benchmark_folder)
+    if align and chosen.estimated:
+        _, warps = align_bracket(chosen.response.to_gamma(frames), stops, reference, motion)
+        registered = np.stack([warp_frame(frame, warp) for frame, (warp, _) in zip(frames, warps)])
+        again = bracket_response(response, registered, stops, benchmark_folder)
+        chosen = again if again.better_than(chosen) else chosen
+    ldrs = chosen.response.to_gamma(frames)
+    if not align:
+        return ldrs, chosen, "not aligned"
+    ldrs, warps = align_bracket(ldrs, stops, reference, motion)
+    return ldrs, chosen, "aligned (" + ", ".join(method for _, method in warps if method != "reference") + ")"
 
 
 def reconstruct_bracket(model: torch.nn.Module, ldrs: np.ndarray, stops: Sequence[float], device: torch.device,
@@ -243,15 +285,13 @@ def write_outputs(save_dir: Path, name: str, hdr: np.ndarray, operator: str = "r
 
 def process(source: BracketSource, model: torch.nn.Module, device: torch.device, amp: str | None,
             args: argparse.Namespace) -> str:
-    """Read, align, reconstruct and write one bracket; returns the line reported for it."""
+    """Read, linearise, align, reconstruct and write one bracket; returns the line reported for it."""
     start = time.perf_counter()
-    ldrs = load_bracket(source).ldrs
     align = args.align if args.align is not None else not source.from_exposure_file
-    if align:
-        ldrs, warps = align_bracket(ldrs, source.stops, source.reference_index, args.align_motion)
-        alignment = "aligned (" + ", ".join(method for _, method in warps if method != "reference") + ")"
-    else:
-        alignment = "not aligned"
+    ldrs, chosen, alignment = linearise_and_align(load_bracket(source).ldrs, source.stops, source.reference_index,
+                                                  args.response, source.from_exposure_file, align, args.align_motion)
+    if chosen.note:
+        tqdm.write(f"note: {source.name}: {chosen.note}")
     height, width = ldrs.shape[1:3]
     tile = args.tile or auto_tile((height, width), model.embed_dim, device)
     network_start = time.perf_counter()
@@ -263,9 +303,16 @@ def process(source: BracketSource, model: torch.nn.Module, device: torch.device,
     except OSError as err:
         raise RunFailed(f"--save_dir {args.save_dir}: cannot write the outputs of {source.name}: "
                         f"{describe_os_error(err)}") from None
+    if args.save_response is not None:
+        try:
+            save_response(args.save_response, chosen.response)
+        except OSError as err:
+            raise RunFailed(f"--save_response {args.save_response}: cannot write the response: "
+                            f"{describe_os_error(err)}") from None
     stops = ", ".join(f"{stop:g}" for stop in source.stops)
     return (f"{source.name}: {width}×{height}, {len(source.files)} exposures ({stops} stops, from "
-            f"{source.exposure_source}), {alignment}, {f'tiles of {tile}' if tile else 'one pass'}: "
+            f"{source.exposure_source}), {alignment}, response {chosen.label}, "
+            f"{f'tiles of {tile}' if tile else 'one pass'}: "
             f"{time.perf_counter() - start:.2f} s (network {network_seconds:.2f} s)")
 
 
@@ -283,6 +330,7 @@ def predict_all(args: argparse.Namespace) -> int:
     if args.save_dir.exists() and not args.save_dir.is_dir():
         raise UsageError(f"--save_dir {args.save_dir}: exists and is not a folder")
     sources = find_brackets(args.inputs, args.stops, args.name)
+    args.response = response_option(args.response)
     device = resolve_device(args.device)
     amp, amp_note = resolve_amp(args.amp, device)
     if amp_note:
