@@ -30,8 +30,9 @@ from benchmarks.common import describe_machine
 from datasets.real_scenes import TEST_SOURCES, load_radiance_maps, render_real_scene
 from datasets.response import WELL_EXPOSED, Response, knots
 from datasets.synthetic import saturated_fraction
+from evaluation.merger import linearise_and_align
 from evaluation.metrics import psnr_mu
-from evaluation.predict import linearise_and_align, reconstruct_bracket
+from evaluation.predict import reconstruct_bracket
 from models.checkpoint import load_model
 from models.inference import TEST_PAD_MULTIPLE, InferenceSettings
 from utils.distributed import resolve_device

@@ -18,10 +18,11 @@ from tqdm import tqdm
 
 from datasets.preprocess import exposures_from_sample
 from evaluation.baselines import debevec_baseline, reference_exposure_baseline
+from evaluation.merger import HDRMerger
 from evaluation.metrics import MetricSettings
 from evaluation.regions import RegionSettings, region_columns, region_means
 from evaluation.tables import SCENE_KEY, MetricTable, write_rows_csv
-from models.inference import InferenceSettings, eval_mode, predict
+from models.inference import InferenceSettings, eval_mode
 
 SceneCallback = Callable[[Mapping[str, object], torch.Tensor], None]
 
@@ -82,18 +83,20 @@ def evaluate_scenes(
     """Reconstruct every scene (samples of ``HDRFullImageDataset``), time it and tabulate its metrics.
 
     ``on_scene(sample, prediction)`` gets each scene's 3×H×W float32 CPU prediction (for writing
-    outputs). Scenes without a label are reconstructed and timed but get no metrics row. With
+    outputs), from ``HDRMerger.merge_network_input``: the released protocol with ``inference``'s
+    settings, as ``predict.py`` merges. Scenes without a label are reconstructed and timed but get no metrics row. With
     ``regions``, every labelled scene is also scored by region (``EvaluationResult.regions``).
     The model's train/eval mode is restored afterwards.
     """
     device = torch.device(device)
+    merger = HDRMerger.from_model(model, device, inference)
     result = EvaluationResult(MetricTable(), regions=MetricTable() if regions is not None else None)
     with eval_mode(model):
         for sample in tqdm(scenes, desc="evaluate", unit="scene", disable=not progress, leave=False):
             name = str(sample["scene"])
             inputs = torch.as_tensor(sample["input"]).unsqueeze(0)
             start = time.perf_counter()
-            prediction = predict(model, inputs, device, inference)[0]
+            prediction = merger.merge_network_input(inputs)[0]
             result.seconds[name] = time.perf_counter() - start
             if on_scene is not None:
                 on_scene(sample, prediction)

@@ -10,9 +10,12 @@ exposures come from ``--stops``, the folder's ``exposure.txt`` or the files' EXI
 frame is linearised with the camera's response and re-encoded with gamma 2.2, as the network
 expects (``--response``, by default estimated from the bracket, see ``datasets.response``).
 Hand-held brackets are registered to the middle exposure first (``--align``, see
-``datasets.align``). Outputs per bracket: ``<name>.hdr`` (linear RGB, as
-``test.py`` writes), ``<name>.png`` (tone-mapped preview) and with ``--exr`` ``<name>.exr``
-(half float); each scene's files are written atomically, together.
+``datasets.align``). The merge itself is ``evaluation.merger.HDRMerger``'s. Outputs per
+bracket: ``<name>.hdr`` (linear RGB, as ``test.py`` writes), ``<name>.png`` (tone-mapped preview)
+and with ``--exr`` ``<name>.exr`` (half float); each scene's files are written atomically,
+together. ``summary.json`` records, per bracket done, its files, exposures, the response, the
+alignment, the tiling and the seconds. Before a large or tiled image, a line says how long it
+should take (from one timed tile), and a progress bar follows its tiles.
 
 Exit codes: 0 done, 1 the checkpoint could not be loaded or an output could not be written (a
 full disk), 2 unusable input or options (one line ``error: ...`` naming the file or option).
@@ -24,9 +27,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
+import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -36,29 +38,33 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from datasets.align import MOTION_MODELS, align_bracket, warp_frame
+from datasets.align import MOTION_MODELS
 from datasets.bracket import EXPOSURE_FILE, BracketSource, find_bracket, load_bracket
 from datasets.preprocess import build_network_input
-from datasets.response import BracketResponse, Response, bracket_response, response_option, save_response
+from datasets.response import Response, response_option, save_response
+from evaluation.merger import AUTO, HDRMerger, MergeResult
 from evaluation.options import add_preview_option
-from models.channel_attention import channel_attention_heads
-from models.checkpoint import load_model
-from models.inference import TEST_PAD_MULTIPLE, InferenceSettings, eval_mode, predict, resolve_amp
-from utils.atomic_io import atomic_path
-from utils.cli import EXIT_OK, RunFailed, UsageError, add_debug_option, add_device_options, describe_os_error, run_cli
+from models.inference import TEST_PAD_MULTIPLE, InferenceSettings
+from models.tiling import AUTO_TILES, tile_count
+from utils.atomic_io import atomic_path, write_text_atomically
+from utils.cli import (
+    EXIT_OK,
+    RunFailed,
+    UsageError,
+    add_debug_option,
+    add_device_options,
+    describe_os_error,
+    run_cli,
+)
 from utils.distributed import resolve_device
-from utils.image_io import write_hdr, write_png
+from utils.image_io import OPENEXR_REQUIREMENT, write_exr, write_hdr, write_png
 from utils.safe_paths import check_writable_folder, file_name_in, refuse_overwriting
 from utils.tonemap import tonemap_for_display
 
-BYTES_PER_PIXEL_PER_CHANNEL = 50
-"""Peak memory of a float32 one-pass forward per (padded) pixel and embedding channel: about
-3 KB per pixel for the released width of 60, measured on the CPU."""
-AUTO_TILES = (2048, 1024, 512, 256)
-"""Tile sizes ``--tile 0`` picks from, largest first (multiples of the padding multiple)."""
-HOST_MEMORY_SHARE, DEVICE_MEMORY_SHARE = 0.5, 0.8
-"""Share of the available host / free accelerator memory one forward pass may take."""
-OPENEXR_REQUIREMENT = "openexr"
+SUMMARY_FILE = "summary.json"
+"""What was done for every bracket, in ``--save_dir``."""
+LARGE_PHOTO_PIXELS = 4_000_000
+"""Images from this size (or split in several tiles) get a time estimate before they start."""
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -141,10 +147,10 @@ def find_brackets(inputs: Sequence[Path], stops: Sequence[float] | None, name: s
     return sources
 
 
-def check_exposure_count(model: torch.nn.Module, source: BracketSource) -> None:
+def check_exposure_count(merger: HDRMerger, source: BracketSource) -> None:
     """Raise UsageError when the network cannot merge this many exposures (its width must divide)."""
     try:
-        channel_attention_heads(model.embed_dim, len(source.files), model.ca_heads_per_exposure)
+        merger.check_exposure_count(len(source.files))
     except ValueError as err:
         raise UsageError(f"{source.files[0].parent}: this checkpoint cannot merge the bracket: {err}") from None
 
@@ -161,6 +167,7 @@ def check_outputs(args: argparse.Namespace, sources: Sequence[BracketSource]) ->
         folder = source.files[0].parent
         inputs += [*source.files, *([folder / EXPOSURE_FILE] if (folder / EXPOSURE_FILE).is_file() else [])]
     targets = [path for source in sources for path in output_paths(args.save_dir, source.name, args.exr)]
+    targets.append(args.save_dir / SUMMARY_FILE)
     if args.save_response is not None:
         if len(sources) > 1:
             raise UsageError(f"--save_response: writes the response of one bracket, but {len(sources)} were given")
@@ -183,83 +190,17 @@ def require_openexr() -> None:
 # Inference
 # ---------------------------------------------------------------------------
 
-def available_memory(device: torch.device) -> int:
-    """Free accelerator memory, or the host memory available to a new allocation (bytes)."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    with contextlib.suppress(OSError, ValueError), open("/proc/meminfo") as meminfo:
-        for line in meminfo:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    with contextlib.suppress(AttributeError, ValueError, OSError):
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return 8 << 30
-
-
-def auto_tile(size: tuple[int, int], embed_dim: int, device: torch.device) -> int:
-    """``--tile 0``: 0 (one pass) when a forward over the padded image fits the memory budget,
-    else the largest tile of ``AUTO_TILES`` that fits (the smallest one when none does).
-
-    Budget: half of the available host memory on the CPU, 80 % of the free memory on CUDA.
-    The estimate, ``BYTES_PER_PIXEL_PER_CHANNEL`` × pixels × width, is that of float32; mixed
-    precision only adds headroom.
-    """
-    share = DEVICE_MEMORY_SHARE if device.type == "cuda" else HOST_MEMORY_SHARE
-    budget = share * available_memory(device)
-    padded = [-(-side // TEST_PAD_MULTIPLE) * TEST_PAD_MULTIPLE for side in size]
-    if padded[0] * padded[1] * embed_dim * BYTES_PER_PIXEL_PER_CHANNEL <= budget:
-        return 0
-    return next((t for t in AUTO_TILES if t * t * embed_dim * BYTES_PER_PIXEL_PER_CHANNEL <= budget), AUTO_TILES[-1])
-
-
-def linearise_and_align(frames: np.ndarray, stops: Sequence[float], reference: int, response: str | Response | None,
-                        benchmark_folder: bool, align: bool, motion: str = "euclidean"
-                        ) -> tuple[np.ndarray, BracketResponse, str]:
-    """Frames as the network expects them: linearised with the bracket's camera response
-    (``datasets.response.bracket_response``) and re-encoded with gamma 2.2, then, with ``align``,
-    registered to the reference (on the re-encoded frames, which ``align_bracket`` expects). A
-    response estimated from the frames is estimated again on frames registered with the first
-    estimate, which constrain it better, and kept when they agree better; the registration is then
-    found again with it, so that the saved response given as a file reproduces the result. Returns
-    the frames, the response chosen and how the frames were aligned."""
-    chosen = bracket_response(response, frames, stops, benchmark_folder)
-    if align and chosen.estimated:
-        _, warps = align_bracket(chosen.response.to_gamma(frames), stops, reference, motion)
-        registered = np.stack([warp_frame(frame, warp) for frame, (warp, _) in zip(frames, warps)])
-        again = bracket_response(response, registered, stops, benchmark_folder)
-        chosen = again if again.better_than(chosen) else chosen
-    ldrs = chosen.response.to_gamma(frames)
-    if not align:
-        return ldrs, chosen, "not aligned"
-    ldrs, warps = align_bracket(ldrs, stops, reference, motion)
-    return ldrs, chosen, "aligned (" + ", ".join(method for _, method in warps if method != "reference") + ")"
-
-
 def reconstruct_bracket(model: torch.nn.Module, ldrs: np.ndarray, stops: Sequence[float], device: torch.device,
                         settings: InferenceSettings) -> np.ndarray:
     """The network's H×W×3 float32 linear HDR image for frames ordered shortest exposure first."""
     inputs = torch.from_numpy(build_network_input(ldrs, stops))[None]
-    with eval_mode(model):
-        prediction = predict(model, inputs, device, settings)
+    prediction = HDRMerger.from_model(model, device, settings).merge_network_input(inputs)
     return prediction[0].permute(1, 2, 0).contiguous().numpy()
 
 
 # ---------------------------------------------------------------------------
 # Outputs
 # ---------------------------------------------------------------------------
-
-def write_exr(path: str | os.PathLike, rgb: np.ndarray) -> None:
-    """Write linear RGB (H×W×3) as a half-float OpenEXR file (ZIP compression)."""
-    import OpenEXR
-
-    header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
-    try:
-        with OpenEXR.File(header, {"RGB": np.ascontiguousarray(rgb, dtype=np.float16)}) as exr:
-            exr.write(str(path))
-    except RuntimeError as err:  # OpenEXR reports a failed write (a full disk) this way
-        full = "no space left" in str(err).lower()
-        raise OSError(errno.ENOSPC if full else errno.EIO, str(err).splitlines()[0], str(path)) from None
-
 
 def output_paths(save_dir: Path, name: str, exr: bool) -> list[Path]:
     suffixes = (".hdr", ".png", ".exr") if exr else (".hdr", ".png")
@@ -283,23 +224,77 @@ def write_outputs(save_dir: Path, name: str, hdr: np.ndarray, operator: str = "r
 # Command line
 # ---------------------------------------------------------------------------
 
-def process(source: BracketSource, model: torch.nn.Module, device: torch.device, amp: str | None,
-            args: argparse.Namespace) -> str:
-    """Read, linearise, align, reconstruct and write one bracket; returns the line reported for it."""
+def response_record(option: str | Response | None, source: BracketSource, result: MergeResult) -> dict[str, object]:
+    """The response part of a bracket's summary: what was asked (auto, gamma, srgb or file), what
+    was used, and the note when it fell back."""
+    if isinstance(option, Response):
+        asked = "file"
+    else:
+        asked = option or ("gamma" if source.from_exposure_file else "auto")
+    return {"option": asked, "file": str(option.path) if isinstance(option, Response) and option.path else None,
+            "used": result.response.response.name, "label": result.response.label,
+            "note": result.response.note or None}
+
+
+def bracket_record(source: BracketSource, result: MergeResult, option: str | Response | None,
+                   seconds: float, outputs: Sequence[Path]) -> dict[str, object]:
+    """One bracket's entry of summary.json."""
+    height, width = result.hdr.shape[:2]
+    settings = result.settings
+    return {
+        "name": source.name, "width": width, "height": height,
+        "files": [str(path) for path in source.files],
+        "stops": list(source.stops), "stops_from": source.exposure_source,
+        "response": response_record(option, source, result),
+        "alignment": result.alignment,
+        "tiling": {"tile": settings.tile, "overlap": settings.tile_overlap if settings.tile else 0,
+                   "tiles": tile_count((height, width), settings.tile, settings.tile_overlap),
+                   "mode": settings.describe()["mode"], "amp": settings.amp or "fp32"},
+        "seconds": {"total": round(seconds, 3), "network": round(result.network_seconds, 3)},
+        "outputs": [path.name for path in outputs],
+    }
+
+
+def write_summary(args: argparse.Namespace, brackets: Sequence[dict[str, object]]) -> None:
+    """``<save_dir>/summary.json`` with the brackets done so far, written atomically."""
+    summary = {"checkpoint": str(args.pretrained_model), "save_dir": str(args.save_dir), "brackets": list(brackets)}
+    try:
+        write_text_atomically(args.save_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    except OSError as err:
+        raise RunFailed(f"--save_dir {args.save_dir}: cannot write {SUMMARY_FILE}: {describe_os_error(err)}") from None
+
+
+def merge_with_progress(merger: HDRMerger, name: str, ldrs: np.ndarray, stops: Sequence[float],
+                        settings: InferenceSettings, progress: bool) -> torch.Tensor:
+    """The network's output for one bracket; for a large or tiled image, a line with the expected
+    time first (one tile timed), and a progress bar over the tiles (unless ``progress`` is off)."""
+    inputs = torch.from_numpy(build_network_input(ldrs, stops))[None]
+    height, width = ldrs.shape[1:3]
+    tiles = tile_count((height, width), settings.tile, settings.tile_overlap)
+    if tiles > 1 or height * width >= LARGE_PHOTO_PIXELS:
+        tqdm.write(f"{name}: {width}×{height}, expect {merger.estimate(inputs, settings).describe()}")
+    with tqdm(total=tiles, desc=name, unit="tile", disable=not progress or tiles == 1, leave=False) as bar:
+        return merger.merge_network_input(inputs, settings, on_tile=bar.update)
+
+
+def process(source: BracketSource, merger: HDRMerger, args: argparse.Namespace) -> tuple[str, dict[str, object]]:
+    """Read, linearise, align, reconstruct and write one bracket; returns the line reported for
+    it and its summary entry."""
     start = time.perf_counter()
-    align = args.align if args.align is not None else not source.from_exposure_file
-    ldrs, chosen, alignment = linearise_and_align(load_bracket(source).ldrs, source.stops, source.reference_index,
-                                                  args.response, source.from_exposure_file, align, args.align_motion)
+    prepared = merger.prepare(load_bracket(source).ldrs, source.stops, args.response, args.align,
+                              args.align_motion, source.from_exposure_file)
+    chosen = prepared.response
     if chosen.note:
         tqdm.write(f"note: {source.name}: {chosen.note}")
-    height, width = ldrs.shape[1:3]
-    tile = args.tile or auto_tile((height, width), model.embed_dim, device)
+    height, width = prepared.ldrs.shape[1:3]
+    settings = merger.settings_for((height, width))
     network_start = time.perf_counter()
-    hdr = reconstruct_bracket(model, ldrs, source.stops, device,
-                              InferenceSettings(TEST_PAD_MULTIPLE, tile, args.tile_overlap, amp))
+    output = merge_with_progress(merger, source.name, prepared.ldrs, source.stops, settings, not args.no_progress)
     network_seconds = time.perf_counter() - network_start
+    result = MergeResult(output[0].permute(1, 2, 0).contiguous().numpy(), chosen, prepared.alignment, settings,
+                         network_seconds)
     try:
-        write_outputs(args.save_dir, source.name, hdr, args.preview_operator, args.exr)
+        outputs = write_outputs(args.save_dir, source.name, result.hdr, args.preview_operator, args.exr)
     except OSError as err:
         raise RunFailed(f"--save_dir {args.save_dir}: cannot write the outputs of {source.name}: "
                         f"{describe_os_error(err)}") from None
@@ -309,11 +304,14 @@ def process(source: BracketSource, model: torch.nn.Module, device: torch.device,
         except OSError as err:
             raise RunFailed(f"--save_response {args.save_response}: cannot write the response: "
                             f"{describe_os_error(err)}") from None
+    seconds = time.perf_counter() - start
     stops = ", ".join(f"{stop:g}" for stop in source.stops)
-    return (f"{source.name}: {width}×{height}, {len(source.files)} exposures ({stops} stops, from "
-            f"{source.exposure_source}), {alignment}, response {chosen.label}, "
+    tile = settings.tile
+    line = (f"{source.name}: {width}×{height}, {len(source.files)} exposures ({stops} stops, from "
+            f"{source.exposure_source}), {prepared.alignment}, response {chosen.label}, "
             f"{f'tiles of {tile}' if tile else 'one pass'}: "
-            f"{time.perf_counter() - start:.2f} s (network {network_seconds:.2f} s)")
+            f"{seconds:.2f} s (network {network_seconds:.2f} s)")
+    return line, bracket_record(source, result, args.response, seconds, outputs)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -331,16 +329,19 @@ def predict_all(args: argparse.Namespace) -> int:
         raise UsageError(f"--save_dir {args.save_dir}: exists and is not a folder")
     sources = find_brackets(args.inputs, args.stops, args.name)
     args.response = response_option(args.response)
-    device = resolve_device(args.device)
-    amp, amp_note = resolve_amp(args.amp, device)
-    if amp_note:
-        print(f"note: {amp_note}")
-    model = load_model(args.pretrained_model, device=device)
+    merger = HDRMerger(args.pretrained_model, resolve_device(args.device), args.amp, args.tile or AUTO,
+                       args.tile_overlap)
+    if merger.amp_note:
+        print(f"note: {merger.amp_note}")
     for source in sources:
-        check_exposure_count(model, source)
+        check_exposure_count(merger, source)
     check_outputs(args, sources)
+    done: list[dict[str, object]] = []
     for source in tqdm(sources, desc="predict", unit="scene", disable=args.no_progress):
-        tqdm.write(process(source, model, device, amp, args))
+        line, record = process(source, merger, args)
+        done.append(record)
+        write_summary(args, done)
+        tqdm.write(line)
     print(f"outputs in {args.save_dir}")
     return EXIT_OK
 

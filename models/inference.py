@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -143,7 +143,8 @@ def _model_device(model: nn.Module) -> torch.device:
 @torch.inference_mode()
 def reconstruct_tiled(model: nn.Module, inputs: torch.Tensor, tile: int, overlap: int = 32,
                       amp: str | None = None, multiple: int = TEST_PAD_MULTIPLE,
-                      device: torch.device | str | None = None) -> torch.Tensor:
+                      device: torch.device | str | None = None,
+                      on_tile: Callable[[], None] | None = None) -> torch.Tensor:
     """Reconstruct B×(6n)×H×W inputs tile by tile; returns float32 B×3×H×W on the CPU.
 
     Tiles are ``tile``×``tile`` (smaller where the image is), overlap by at least ``overlap``
@@ -151,14 +152,18 @@ def reconstruct_tiled(model: nn.Module, inputs: torch.Tensor, tile: int, overlap
     The overlaps are blended with separable raised-cosine weights that sum to 1 at every pixel.
     Only one tile at a time is on ``device`` (default: the model's); the output is accumulated
     in host memory, so the device's peak memory does not grow with the image. With ``tile`` at
-    least the image's size the result is exactly that of ``reconstruct``.
+    least the image's size the result is exactly that of ``reconstruct``. ``on_tile()`` is
+    called after every tile (a progress bar).
     """
     device = _model_device(model) if device is None else torch.device(device)
     batch, _, height, width = inputs.shape
     rows = blend_weights_1d(height, tile, overlap)
     cols = blend_weights_1d(width, tile, overlap)
     if len(rows) == 1 and len(cols) == 1:
-        return reconstruct(model, inputs.to(device), multiple, amp).cpu()
+        output = reconstruct(model, inputs.to(device), multiple, amp).cpu()
+        if on_tile is not None:
+            on_tile()
+        return output
     output = torch.zeros(batch, 3, height, width, dtype=torch.float32)
     for top, row_weights in rows:
         bottom = top + row_weights.numel()
@@ -166,6 +171,8 @@ def reconstruct_tiled(model: nn.Module, inputs: torch.Tensor, tile: int, overlap
             right = left + col_weights.numel()
             piece = reconstruct(model, inputs[..., top:bottom, left:right].to(device), multiple, amp).cpu()
             output[..., top:bottom, left:right] += piece * (row_weights[:, None] * col_weights[None, :])
+            if on_tile is not None:
+                on_tile()
     return output.clamp_(0.0, 1.0)  # a convex blend of clamped tiles; the clamp only absorbs rounding
 
 
@@ -215,13 +222,18 @@ class InferenceSettings:
 
 
 def predict(model: nn.Module, inputs: torch.Tensor, device: torch.device | str,
-            settings: InferenceSettings = InferenceSettings()) -> torch.Tensor:
+            settings: InferenceSettings = InferenceSettings(),
+            on_tile: Callable[[], None] | None = None) -> torch.Tensor:
     """B×3×H×W float32 CPU prediction of CPU inputs: one pass on ``device``, or tiles (only one
-    tile on the device at a time) when ``settings.tile`` is set. Inputs that are not all finite
-    numbers are refused (ValueError): they could only give a NaN image."""
+    tile on the device at a time) when ``settings.tile`` is set; ``on_tile()`` follows every tile
+    (the one pass counts as one). Inputs that are not all finite numbers are refused (ValueError):
+    they could only give a NaN image."""
     if not bool(torch.isfinite(inputs).all()):
         raise ValueError("the network input holds NaN or infinite values (check the exposure values)")
     if settings.tile > 0:
         return reconstruct_tiled(model, inputs, settings.tile, settings.tile_overlap, settings.amp,
-                                 settings.pad_multiple, device=device)
-    return reconstruct(model, inputs.to(device), settings.pad_multiple, settings.amp).cpu()
+                                 settings.pad_multiple, device=device, on_tile=on_tile)
+    output = reconstruct(model, inputs.to(device), settings.pad_multiple, settings.amp).cpu()
+    if on_tile is not None:
+        on_tile()
+    return output

@@ -19,6 +19,7 @@ from datasets.scene import load_scene
 from datasets.synthetic import expose, render_scene, write_scene
 from evaluation import predict
 from models.checkpoint import load_model, save_model
+from models import tiling
 from models.inference import reconstruct
 from models.smnet import SMNet
 from utils.image_io import read_hdr, write_hdr, write_ldr
@@ -99,7 +100,7 @@ def test_exif_order_and_exposure_file_give_the_same_hdr(tmp_path: Path, scene, c
     code, out, _ = run(capsys, "--save_dir", out_dir, "--align", png_dir)
     assert code == 0 and "from exposure.txt" in out
     np.testing.assert_array_equal(read_hdr(out_dir / "jpeg.hdr"), read_hdr(out_dir / "png.hdr"))
-    assert sorted(p.name for p in out_dir.iterdir()) == ["jpeg.hdr", "jpeg.png", "png.hdr", "png.png"]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["jpeg.hdr", "jpeg.png", "png.hdr", "png.png", "summary.json"]
     preview = cv2.imread(str(out_dir / "png.png"))
     assert preview.shape == (*SIZE, 3)
 
@@ -360,13 +361,13 @@ def test_exr_output(tmp_path: Path) -> None:
 
 def test_auto_tile(monkeypatch: pytest.MonkeyPatch) -> None:
     cpu = torch.device("cpu")
-    monkeypatch.setattr(predict, "available_memory", lambda device: 16 << 30)  # 8 GiB budget
-    assert predict.auto_tile((1000, 1500), 60, cpu) == 0  # about 5 GB
-    assert predict.auto_tile((4000, 6000), 60, cpu) == 1024  # about 74 GB in one pass; 2048² needs 12.6 GB
-    monkeypatch.setattr(predict, "available_memory", lambda device: 64 << 30)
-    assert predict.auto_tile((4000, 6000), 60, cpu) == 2048
-    monkeypatch.setattr(predict, "available_memory", lambda device: 1 << 30)
-    assert predict.auto_tile((4000, 6000), 60, cpu) == 256
+    monkeypatch.setattr(tiling, "available_memory", lambda device: 16 << 30)  # 8 GiB budget
+    assert tiling.auto_tile((1000, 1500), 60, cpu) == 0  # about 5 GB
+    assert tiling.auto_tile((4000, 6000), 60, cpu) == 1024  # about 74 GB in one pass; 2048² needs 12.6 GB
+    monkeypatch.setattr(tiling, "available_memory", lambda device: 64 << 30)
+    assert tiling.auto_tile((4000, 6000), 60, cpu) == 2048
+    monkeypatch.setattr(tiling, "available_memory", lambda device: 1 << 30)
+    assert tiling.auto_tile((4000, 6000), 60, cpu) == 256
 
 
 @pytest.mark.parametrize("tile, overlap", [("64", "16"), ("-1", "32"), ("256", "256")])

@@ -1,4 +1,5 @@
-"""Reading and writing the benchmark images: LDR exposures (TIFF/PNG) and Radiance HDR labels.
+"""Reading and writing the benchmark images: LDR exposures (TIFF/PNG), Radiance HDR labels and
+half-float OpenEXR results.
 
 All functions speak RGB; OpenCV's BGR order stays inside this module. LDR values are
 normalised the way the released checkpoints expect: 16-bit values divided by 2**16
@@ -6,6 +7,7 @@ normalised the way the released checkpoints expect: 16-bit values divided by 2**
 """
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
@@ -167,3 +169,24 @@ def write_png(path: PathType, rgb: np.ndarray) -> None:
     if rgb.dtype != np.uint8:
         rgb = np.rint(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8)
     _imwrite(path, cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
+
+
+OPENEXR_REQUIREMENT = "openexr"
+"""The pip package ``write_exr`` needs."""
+
+
+def write_exr(path: PathType, rgb: np.ndarray) -> None:
+    """Write linear RGB (H×W×3) as a half-float OpenEXR file (ZIP compression).
+
+    OpenEXR reports a failed write as a RuntimeError; it is raised as the OSError it is (ENOSPC
+    for a full disk, else EIO), so callers handle it like any other write failure."""
+    import OpenEXR
+
+    _check_rgb(rgb, path)
+    header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
+    try:
+        with OpenEXR.File(header, {"RGB": np.ascontiguousarray(rgb, dtype=np.float16)}) as exr:
+            exr.write(str(path))
+    except RuntimeError as err:
+        full = "no space left" in str(err).lower()
+        raise OSError(errno.ENOSPC if full else errno.EIO, str(err).splitlines()[0], str(path)) from None
