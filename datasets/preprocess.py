@@ -1,6 +1,7 @@
 """Network input as the released checkpoints expect it, and the training-time crop and flip."""
 from __future__ import annotations
 
+import functools
 from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -35,6 +36,86 @@ def build_network_input(
         channels.append(np.power(ldr, np.float32(GAMMA)) / time)
         channels.append(ldr)
     return np.ascontiguousarray(np.concatenate(channels, axis=2).transpose(2, 0, 1), dtype=np.float32)
+
+
+# ----------------------------------------------------------------------------- LDR codes
+
+LDR_CODE_SCALES = (float(2**16), 255.0)
+"""What the LDR codes of a stored exposure are divided by, by table number: 16-bit files (and
+8-bit ones read the released way, ``--released_8bit_scaling``) by 2**16, 8-bit files by 255."""
+CODE_RANGE = 2**16
+
+
+@functools.lru_cache(maxsize=None)
+def code_values(table: int) -> np.ndarray:
+    """LDR value of every code 0 … 2**16 - 1 of one table, float32 (read-only): exactly what
+    decoding does (``utils.image_io.read_ldr_frame``: the code in float32 divided by the scale,
+    clipped to [0, 1])."""
+    codes = np.arange(CODE_RANGE, dtype=np.float32)
+    values = np.clip(codes / np.float32(LDR_CODE_SCALES[table]), 0.0, 1.0)
+    values.flags.writeable = False
+    return values
+
+
+class _CodeBank:
+    """The lookup blocks of one device: for every (code table, exposure time t) met so far, the
+    2**16 float32 values ``LDR**2.2 / t`` of the codes, computed on the host as
+    ``build_network_input`` computes them (so looking codes up is bit for bit the same)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.slots: dict[tuple[int, float], int] = {}
+        self.values = torch.empty(0, device=device)
+
+    def slots_of(self, tables: np.ndarray, times: np.ndarray) -> np.ndarray:
+        """The block number of every (table, time) pair of the two same-shaped arrays."""
+        blocks = []
+        for table, time in zip(tables.reshape(-1).tolist(), times.reshape(-1).tolist()):
+            if (table, time) not in self.slots:
+                block = np.power(code_values(table), np.float32(GAMMA)) / np.float32(time)
+                self.values = torch.cat([self.values, torch.from_numpy(block).to(self.device)])
+                self.slots[(table, time)] = len(self.slots)
+            blocks.append(self.slots[(table, time)])
+        return np.asarray(blocks, dtype=np.int64).reshape(tables.shape)
+
+
+_BANKS: dict[str, _CodeBank] = {}
+
+
+def encode_ldr(ldr: np.ndarray) -> tuple[np.ndarray, int]:
+    """The codes (uint16, same shape) and table number that reproduce a decoded LDR image (float32
+    in [0, 1]) exactly; raises ValueError for values no table holds (not from an 8- or 16-bit file)."""
+    for table, scale in enumerate(LDR_CODE_SCALES):
+        codes = np.rint(np.asarray(ldr, dtype=np.float32) * np.float32(scale))
+        if codes.min(initial=0) >= 0 and codes.max(initial=0) < CODE_RANGE:
+            codes = codes.astype(np.uint16)
+            if np.array_equal(code_values(table)[codes], ldr):
+                return codes, table
+    raise ValueError("LDR values are not those of an 8- or 16-bit file")
+
+
+def network_input_from_codes(codes: torch.Tensor, tables: Union[np.ndarray, torch.Tensor],
+                             times: Union[np.ndarray, torch.Tensor]) -> torch.Tensor:
+    """``build_network_input`` for a batch of LDR codes, on their device: B×n×3×p×p uint16 codes,
+    B×n table numbers and B×n exposure times t (float32; both host arrays, read without touching
+    the device) → B×6n×p×p float32, per exposure ``[LDR**2.2 / t, LDR]``, bit for bit: the linear
+    part is looked up (a power on the device may differ in the last bit), the LDR is the code
+    divided by its scale, as decoding divides it. Crops travel to the device as codes, a quarter
+    of the bytes of the float32 input."""
+    batch, count = codes.shape[:2]
+    device = codes.device
+    tables, times = np.asarray(tables, dtype=np.int64), np.asarray(times, dtype=np.float32)
+    bank = _BANKS.setdefault(str(device), _CodeBank(device))
+    offsets = torch.from_numpy((bank.slots_of(tables, times) * CODE_RANGE).astype(np.int32))
+    scales = torch.from_numpy(np.asarray(LDR_CODE_SCALES, dtype=np.float32)[tables])
+    out = torch.empty((batch, count, 2, *codes.shape[2:]), device=device)
+    # the codes as int32 by way of int16 (unsigned tensors have few kernels on some devices)
+    index = torch.empty(codes.shape, dtype=torch.int32, device=device)
+    index.copy_(codes.view(torch.int16)).bitwise_and_(CODE_RANGE - 1)
+    out[:, :, 1].copy_(index).div_(scales.to(device).view(batch, count, 1, 1, 1))  # a tensor: a true division
+    index.add_(offsets.to(device).view(batch, count, 1, 1, 1))
+    out[:, :, 0].copy_(bank.values.index_select(0, index.view(-1)).view(codes.shape))
+    return out.view(batch, CHANNELS_PER_EXPOSURE * count, *codes.shape[-2:])
 
 
 def random_crop_box(size: tuple[int, int], patch_size: int, generator: Optional[torch.Generator] = None

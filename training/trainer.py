@@ -33,7 +33,14 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from datasets import HDRFullImageDataset, HDRTrainDataset
-from datasets.hdr_dataset import EpochSeededBatches, ExposureGroupedBatchSampler, collate_crops, to_network_batch
+from datasets.hdr_dataset import (
+    EpochSeededBatches,
+    ExposureGroupedBatchSampler,
+    crop_loader,
+    end_workers,
+    release_batch,
+    to_network_batch,
+)
 from datasets.options import cache_mode, scene_layout
 from datasets.scene import list_scenes, scene_input_files
 from datasets.preprocess import reference_ldr
@@ -526,6 +533,7 @@ class Trainer:
         seed_everything(args.seed)
         self.loss_fn = build_loss(args.le_lambda, args.vgg_weights, args.linear_lambda).to(self.device)
         start_epoch = self._load_initial_weights()
+        self._check_same_start(start_epoch)
         check_exposure_counts(self.model, {args.train_path: self.train_set, args.test_path: self.test_set})
         self.trainable_share = 1.0
         if args.finetune_from is not None or args.is_freeze:
@@ -561,6 +569,17 @@ class Trainer:
         if not distributed.all_ranks_ok(refusal is None, self.device):
             raise refusal or UsageError(f"--logdir {self.logdir} is in use by another run (see the main process)")
         return lock
+
+    def _check_same_start(self, start_epoch: int) -> None:
+        """Under torchrun every process must continue from the same point: each reads
+        ``<logdir>/last.pth``, so a --logdir on one node's own disk would let the others start afresh."""
+        if not self.process.distributed:
+            return
+        mine = (start_epoch, self._interrupted.step if self._interrupted is not None else 0)
+        starts = sorted(set(distributed.gather_objects([mine])))
+        if len(starts) > 1:
+            raise UsageError(f"the processes would start at different (epoch, step) points {starts}: every process "
+                             f"reads {self.logdir / 'last.pth'}, so --logdir must be on a filesystem all nodes share")
 
     def _fill_scene_caches_per_node(self, progress: bool) -> None:
         """Under torchrun with the npy cache, each node's local rank 0 decodes the scenes into
@@ -795,11 +814,9 @@ class Trainer:
             batches = EpochSeededBatches(ExposureGroupedBatchSampler(
                 self.train_set.crop_exposure_counts(), self.args.batch_size, shuffle, self.process.world_size,
                 self.process.rank))
-            workers = self.args.num_workers
-            self._train_loader = DataLoader(self.train_set, batch_sampler=batches, num_workers=workers,
-                                            collate_fn=collate_crops, pin_memory=self.device.type == "cuda",
-                                            generator=torch.Generator(), persistent_workers=workers > 0,
-                                            worker_init_fn=ignore_preemption_signals)
+            self._train_loader = crop_loader(self.train_set, batches, self.args.num_workers,
+                                             pin_memory=self.device.type == "cuda", generator=torch.Generator(),
+                                             worker_init_fn=ignore_preemption_signals)
         self._train_loader.batch_sampler.set_epoch(generator, shuffle)
         return self._train_loader
 
@@ -842,10 +859,12 @@ class Trainer:
         started = time.perf_counter()
         last = None
         for step in range(first, total_steps):
-            batch = to_network_batch(next(batches), self.device)
+            loaded = next(batches)
+            batch = to_network_batch(loaded, self.device)
             last = training_step(self.train_model, batch, self.loss_fn, self.optimizer, ratio_table, weight_table,
                                  self.device, self.amp, self.scaler, generator,
                                  whole_crop_masking=args.mask_choice == 0, segment_ids=self.tables.ids)
+            release_batch(loaded)  # its tensors are on the device now, or the CPU's step is done with them
             steps += 1
             failure, stop = checks.after_step(steps, last, parameters, self.preemption.received is not None)
             self._stop_if_diverged(epoch, failure)
@@ -888,7 +907,7 @@ class Trainer:
         step; returns the first step to run."""
         first = min(interrupted.step, total_steps)
         for _ in range(first):
-            next(batches)
+            release_batch(next(batches))
         world = self.process.world_size
         if len(interrupted.ranks) == world:
             mine = interrupted.ranks[self.process.rank]
@@ -975,7 +994,9 @@ class Trainer:
         """Close the TensorBoard log, put the signal handlers back, end the loader's workers and
         remove the lock (idempotent)."""
         self.preemption.restore()
-        self._train_loader = None  # its persistent workers end with it
+        if self._train_loader is not None:
+            end_workers(self._train_loader)
+            self._train_loader = None
         if self.writer is not None:
             self.writer.close()
             self.writer = None
