@@ -2,7 +2,6 @@
 bar over tiles (which must not change the output)."""
 from __future__ import annotations
 
-
 import json
 import re
 from pathlib import Path
