@@ -197,3 +197,27 @@ def test_linear_term_adds_lambda_times_the_linear_l1_with_the_loss_map():
 def test_linear_term_weight_must_be_a_weight(weight):
     with pytest.raises(ValueError, match="linear_lambda"):
         HDRLoss(le_lambda=0.0, linear_lambda=weight)
+
+
+def test_the_loss_names_its_terms_and_the_trainer_logs_them(tmp_path):
+    from datasets.synthetic import make_dataset
+    from segmask.segment import segment_split, superpixel_masks
+    from training.trainer import main
+
+    pred, label = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)
+    assert HDRLoss(0.0).term_names == ("l1", "perceptual")
+    with_linear = HDRLoss(0.0, linear_lambda=1.0)
+    assert with_linear.term_names == ("l1", "perceptual", "linear_l1")
+    assert set(with_linear(pred, label)) == {"loss", "l1", "perceptual", "linear_l1"}
+    data = make_dataset(tmp_path / "data", num_train=1, num_test=0, size=(48, 64), seed=2)
+    segment_split(data, "Training", lambda image: superpixel_masks(image, n_segments=4), min_area=10, progress=False)
+    assert main(1, ["--preset", "tiny", "--dataset_dir", str(data), "--logdir", str(tmp_path / "run"), "--epochs", "1",
+                    "--phase1_epochs", "1", "--max_steps", "1", "--num_workers", "0", "--train_patch_size", "32",
+                    "--batch_size", "2", "--no_progress", "--test_path", "none", "--linear_lambda", "1"]) == 0
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "linear_l1 " in log and "perceptual " in log
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    assert {"train/loss", "train/l1", "train/perceptual", "train/linear_l1"} <= set(events.Tags()["scalars"])

@@ -238,8 +238,10 @@ class HDRLoss(nn.Module):
     """μ-law L1 + ``le_lambda`` · perceptual (the paper's loss) + ``linear_lambda`` · linear L1
     (an addition, off by default), all weighted by the loss map.
 
-    ``forward`` returns a dict: ``loss`` (the total to back-propagate), ``l1`` (the μ-law term)
-    and ``perceptual`` (unweighted; 0 when the perceptual term is off).
+    ``forward`` returns a dict: ``loss`` (the total to back-propagate) and each term by name,
+    unweighted and detached (``term_names``): ``l1`` (the μ-law term), ``perceptual`` (0 when the
+    perceptual term is off) and, with ``linear_lambda`` > 0, ``linear_l1``. The trainer logs
+    whatever terms it returns.
     """
 
     def __init__(self, le_lambda: float = DEFAULT_LE_LAMBDA, extractor: nn.Module | None = None,
@@ -259,13 +261,20 @@ class HDRLoss(nn.Module):
         pred, label = pred.float(), label.float()
         loss_map = None if loss_map is None else loss_map.float()
         l1 = mu_l1_loss(pred, label, loss_map)
+        terms = {"l1": l1, "perceptual": torch.zeros_like(l1)}
         total = l1
         if self.linear_lambda > 0:
-            total = total + self.linear_lambda * linear_l1_loss(pred, label, loss_map)
-        if self.perceptual is None:
-            return {"loss": total, "l1": l1.detach(), "perceptual": torch.zeros_like(l1)}
-        perceptual = self.perceptual(pred, label, loss_map)
-        return {"loss": total + self.le_lambda * perceptual, "l1": l1.detach(), "perceptual": perceptual.detach()}
+            terms["linear_l1"] = linear_l1_loss(pred, label, loss_map)
+            total = total + self.linear_lambda * terms["linear_l1"]
+        if self.perceptual is not None:
+            terms["perceptual"] = self.perceptual(pred, label, loss_map)
+            total = total + self.le_lambda * terms["perceptual"]
+        return {"loss": total, **{name: value.detach() for name, value in terms.items()}}
+
+    @property
+    def term_names(self) -> tuple[str, ...]:
+        """The names of the terms ``forward`` returns besides ``loss``."""
+        return ("l1", "perceptual") + (("linear_l1",) if self.linear_lambda > 0 else ())
 
 
 def build_loss(le_lambda: float = DEFAULT_LE_LAMBDA, vgg_weights: str | os.PathLike | None = None,

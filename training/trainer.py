@@ -336,7 +336,6 @@ class StepTimes:
     steps: int = 0
 
 
-LOSS_TERMS = ("loss", "l1", "perceptual")
 PROGRESS_REFRESH = 50
 """Steps between the progress bar's loss updates (each reads the loss sums from the device)."""
 
@@ -355,14 +354,15 @@ class StepChecks:
     def __init__(self, device: torch.device, sums: Mapping[str, float], distributed_run: bool) -> None:
         self.device = device
         self.distributed = distributed_run
-        self.sums = torch.tensor([sums[key] for key in LOSS_TERMS], dtype=torch.float64, device=device)
+        self.names = tuple(sums)  # "loss" and the loss function's terms, by name
+        self.sums = torch.tensor([sums[key] for key in self.names], dtype=torch.float64, device=device)
         self._pending: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (step, loss, finite) not yet read
 
     def after_step(self, step: int, result: Mapping[str, torch.Tensor], parameters: Sequence[torch.Tensor],
                    stop: bool) -> tuple[str | None, bool]:
         """Queue step ``step``'s checks; returns (why an earlier or this step failed, or None;
         whether to stop after this step)."""
-        for index, key in enumerate(LOSS_TERMS):
+        for index, key in enumerate(self.names):
             self.sums[index] += result[key].detach().double()
         loss = result["loss"].detach()
         finite = torch.isfinite(loss) & weights_finite_flag(parameters)
@@ -381,7 +381,7 @@ class StepChecks:
         return None if pending is None else self._read(pending)
 
     def host_sums(self) -> dict[str, float]:
-        return dict(zip(LOSS_TERMS, self.sums.tolist()))
+        return dict(zip(self.names, self.sums.tolist()))
 
     def _read(self, pending: tuple[int, torch.Tensor, torch.Tensor]) -> str | None:
         step, loss, finite = pending
@@ -446,8 +446,7 @@ def training_step(model: nn.Module, batch: Mapping[str, torch.Tensor], loss_fn: 
         distributed.synchronize(device)
         times.backward += time.perf_counter() - after_forward
         times.steps += 1
-    return {"loss": losses["loss"].detach(), "l1": losses["l1"], "perceptual": losses["perceptual"],
-            "mask_map": mask_map}
+    return {**{name: value.detach() for name, value in losses.items()}, "mask_map": mask_map}
 
 
 def metric_guided_update(model: nn.Module, scenes: HDRFullImageDataset, tables: SegmentTables, ratio: float,
@@ -798,6 +797,11 @@ class Trainer:
     # -- epochs
 
     @property
+    def loss_terms(self) -> tuple[str, ...]:
+        """``loss`` and the names of the loss function's terms: what the log and TensorBoard show."""
+        return ("loss", *self.loss_fn.term_names)
+
+    @property
     def last_epoch(self) -> int:
         return self.args.phase1_epochs if self.args.phase == 1 else self.args.epochs
 
@@ -846,7 +850,7 @@ class Trainer:
         loader = self.loader(epoch)
         total_steps = len(loader) if args.max_steps is None else min(len(loader), args.max_steps)
         batches = iter(loader)
-        sums = {"loss": 0.0, "l1": 0.0, "perceptual": 0.0}
+        sums = {name: 0.0 for name in self.loss_terms}
         first = 0
         if interrupted is not None:
             first = self._continue_epoch(interrupted, batches, generator, total_steps)
@@ -952,7 +956,7 @@ class Trainer:
             return
 
         def write(writer: Any) -> None:
-            for key in ("loss", "l1", "perceptual"):
+            for key in self.loss_terms:
                 writer.add_scalar(f"train/{key}", stats[key], epoch)
             writer.add_scalar("train/learning_rate", stats["lr"], epoch)
             writer.add_scalar("train/mask_ratio", stats["mask_ratio"], epoch)
@@ -1032,9 +1036,9 @@ class Trainer:
                                        **{f"test_{k}": float(v) for k, v in metrics.items()}})
             self.write_scalars(epoch, stats, metrics)
             tested = "".join(f", test {k} {v:.4f}" for k, v in metrics.items() if k in ("psnr_mu", "psnr_l", "ssim_mu"))
-            self.log(f"epoch {epoch}: loss {stats['loss']:.5f} (l1 {stats['l1']:.5f}, perceptual "
-                     f"{stats['perceptual']:.4f}), lr {stats['lr']:.2e}, mask ratio {stats['mask_ratio']:.3f}, "
-                     f"{stats['samples_per_second']:.1f} samples/s{tested}")
+            terms = ", ".join(f"{name} {stats[name]:.5f}" for name in self.loss_terms[1:])
+            self.log(f"epoch {epoch}: loss {stats['loss']:.5f} ({terms}), lr {stats['lr']:.2e}, "
+                     f"mask ratio {stats['mask_ratio']:.3f}, {stats['samples_per_second']:.1f} samples/s{tested}")
             failure: RunFailed | None = None
             try:
                 self.save(epoch, improved)
