@@ -246,9 +246,6 @@ def find_bracket(inputs: PathLike | Sequence[PathLike], stops: Sequence[float] |
     return BracketSource(bracket_name, ordered_files, ordered_stops, source, bracket_orientation(ordered_files))
 
 
-TIFF_SUFFIXES = (".tif", ".tiff")
-TIFF_TURNED_ON_READING = (2, 3, 4)
-"""Orientations OpenCV's TIFF reader applies itself (it cannot decode a TIFF tagged 5 to 8)."""
 
 
 _UPRIGHT = {  # EXIF Orientation → the stored pixels turned upright, as PIL.ImageOps.exif_transpose does
@@ -280,10 +277,6 @@ def bracket_orientation(files: Sequence[Path]) -> int:
         if value != values[0]:
             raise BracketError(f"{files[0]} and {path}: EXIF orientations {values[0]} and {value}; the frames "
                                f"of a bracket must be stored the same way up")
-    for path, value in zip(files, values):
-        if path.suffix.lower() in TIFF_SUFFIXES and value not in (1, *TIFF_TURNED_ON_READING):
-            raise BracketError(f"{path}: a TIFF stored turned by 90° (orientation {value}), which OpenCV cannot "
-                               f"decode; save the frames upright")
     return values[0]
 
 
@@ -301,8 +294,7 @@ def load_bracket(source: BracketSource) -> Bracket:
             frame = read_ldr_frame(path)
         except ImageReadError as err:
             raise BracketError(str(err)) from None
-        tiff = path.suffix.lower() in TIFF_SUFFIXES  # OpenCV turned it upright already
-        ldrs.append(frame.rgb if tiff else upright(frame.rgb, source.orientation))
+        ldrs.append(upright(frame.rgb, source.orientation))
         grayscale.append(frame.grayscale)
         if ldrs[-1].shape != ldrs[0].shape:
             h0, w0 = ldrs[0].shape[:2]

@@ -58,6 +58,45 @@ def _read_jpeg(path: Path) -> np.ndarray:
     return pixels if pixels.ndim == 2 else np.ascontiguousarray(pixels[..., ::-1])
 
 
+TIFF_MAGICS = (b"II*\x00", b"MM\x00*")
+
+
+def _tiff_orientation(path: Path) -> int:
+    """The Orientation tag of a TIFF's first page (1 when absent or the file is no TIFF)."""
+    with path.open("rb") as handle:
+        if handle.read(4) not in TIFF_MAGICS:
+            return 1
+    try:
+        with Image.open(path) as image:
+            value = image.getexif().get(0x0112, 1)  # Orientation
+    except (OSError, SyntaxError, ValueError):
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _read_oriented_tiff(path: Path) -> np.ndarray:
+    """A TIFF with an Orientation tag, in its stored pixel order and OpenCV's layout (BGR or
+    gray): OpenCV's reader turns some orientations itself and cannot decode the others."""
+    import imageio.v3 as iio
+
+    try:
+        pixels = iio.imread(path, plugin="tifffile")
+    except Exception as err:  # tifffile raises many kinds for broken files
+        raise ImageReadError(f"cannot decode image file: {path} ({type(err).__name__}: {err})") from None
+    if pixels.ndim == 3 and pixels.shape[2] in (3, 4):
+        pixels = np.ascontiguousarray(pixels[..., 2::-1] if pixels.shape[2] == 3 else pixels[..., [2, 1, 0, 3]])
+    return pixels
+
+
+def _to_8bit_colour(image: np.ndarray) -> np.ndarray:
+    """What ``cv2.IMREAD_COLOR`` gives: 3-channel BGR, 16-bit values divided by 256."""
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    return image[..., :3] if image.shape[2] == 4 else image
+
+
 def _imread(path: PathType, flags: int) -> np.ndarray:
     """cv2.imread that raises instead of silently returning None; JPEGs go through Pillow (see
     ``_read_jpeg``), so a truncated one is an error too."""
@@ -68,6 +107,11 @@ def _imread(path: PathType, flags: int) -> np.ndarray:
         image = _read_jpeg(path)
         if flags == cv2.IMREAD_COLOR and image.ndim == 2:
             image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+        return image
+    if _tiff_orientation(path) != 1:
+        image = _read_oriented_tiff(path)
+        if flags == cv2.IMREAD_COLOR:
+            image = _to_8bit_colour(image)
         return image
     image = cv2.imread(str(path), flags | cv2.IMREAD_IGNORE_ORIENTATION)
     if image is None:
