@@ -340,7 +340,7 @@ class HDRFullImageDataset(_SplitDataset):
     """Whole scenes in sorted order, for evaluation, inference and the metric-guided update.
 
     A sample is {'input': (6n,H,W) float32, 'segments': (H,W) int64, 'exposures': (n,) float32
-    stops, 'scene' and 'name': the scene name} plus 'label': (3,H,W) float32 whenever the scene
+    stops, 'scene': the scene name} plus 'label': (3,H,W) float32 whenever the scene
     has one. With `require_label` False, scenes without a label are accepted (inference).
     """
 
@@ -362,7 +362,6 @@ class HDRFullImageDataset(_SplitDataset):
             "segments": _tensor(_segments_or_zeros(scene, self.with_masks), torch.int64),
             "exposures": _tensor(scene.exposures, torch.float32),
             "scene": scene.name,
-            "name": scene.name,
         }
         if scene.label is not None:
             sample["label"] = _tensor(np.transpose(scene.label, (2, 0, 1)), torch.float32)
@@ -381,7 +380,6 @@ class HDRFullImageDataset(_SplitDataset):
                                                                                                dtype=torch.int64),
             "exposures": _tensor(scene.exposures, torch.float32),
             "scene": scene.name,
-            "name": scene.name,
         }
         if scene.label is not None:
             sample["label"] = _tensor(scene.label, torch.float32)

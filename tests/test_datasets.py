@@ -311,8 +311,8 @@ def test_full_image_dataset_gives_whole_scenes(coordinate_dataset):
     dataset = HDRFullImageDataset(coordinate_dataset, split="Test", cache=None)
     assert len(dataset) == 1 and dataset.scene_names == ["t_scene"]
     sample = dataset[0]
-    assert set(sample) == {"input", "label", "segments", "exposures", "scene", "name"}
-    assert sample["name"] == sample["scene"] == "t_scene"
+    assert set(sample) == {"input", "label", "segments", "exposures", "scene"}
+    assert sample["scene"] == "t_scene"
     assert sample["input"].shape == (18, HEIGHT, WIDTH) and sample["label"].shape == (3, HEIGHT, WIDTH)
     assert sample["exposures"].dtype == torch.float32 and sample["exposures"].tolist() == [0, 2, 4]
     assert not sample["segments"].any()

@@ -154,6 +154,12 @@ def build_lr_scheduler(
 # ----------------------------------------------------------------------------- per-segment tables
 
 
+def segment_positions(ids: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
+    """Positions in the sorted ``ids`` (a table's entries) of the segment IDs ``segments`` (any
+    shape, every ID among ``ids``), on the segments' device."""
+    return torch.searchsorted(ids.to(segments.device), segments.long())
+
+
 class SegmentTables:
     """Mask ratio r_s and loss weight w_s for every segment ID in use in the split.
 
@@ -179,7 +185,7 @@ class SegmentTables:
 
     def index(self, segments: torch.Tensor) -> torch.Tensor:
         """Table positions of segment IDs (any shape, IDs from ``ids``), on their device."""
-        return torch.searchsorted(self.ids.to(segments.device), segments.long())
+        return segment_positions(self.ids, segments)
 
     @property
     def num_ids(self) -> int:

@@ -68,6 +68,7 @@ from training.curriculum import (
     build_lr_scheduler,
     is_guided_update_epoch,
     mask_ratio,
+    segment_positions,
     segment_psnr_mu,
     update_tables,
 )
@@ -417,7 +418,7 @@ def training_step(model: nn.Module, batch: Mapping[str, torch.Tensor], loss_fn: 
     if ratio_table is not None or weight_table is not None:
         segments = batch["segments"].to(device, non_blocking=True)
         if segment_ids is not None:
-            segments = torch.searchsorted(segment_ids, segments)
+            segments = segment_positions(segment_ids, segments)
         if ratio_table is not None:
             mask_map = build_mask_map(torch.zeros_like(segments) if whole_crop_masking else segments, ratio_table,
                                       generator)
