@@ -6,6 +6,7 @@ import argparse
 
 import torch
 
+from evaluation.merger import AUTO
 from evaluation.metrics import DEFAULT_PEAK_LUMINANCE, SSIM_VARIANTS, MetricSettings, load_pycvvdp
 from evaluation.regions import RegionSettings
 from models.inference import TEST_PAD_MULTIPLE, InferenceSettings, resolve_amp
@@ -13,15 +14,35 @@ from utils.cli import UsageError
 from utils.tonemap import DISPLAY_OPERATORS
 
 
+def _tile_value(allow_auto: bool):
+    def parse(value: str) -> int | str:
+        if allow_auto and value == AUTO:
+            return AUTO
+        try:
+            return int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a tile size in pixels, 0 (one pass)"
+                                             f"{' or auto' if allow_auto else ''}, got {value!r}") from None
+    return parse
+
+
+def add_tile_options(group: argparse._ActionsContainer, allow_auto: bool = False) -> None:
+    """``--tile`` (0 = one pass over the whole image, N = tiles of N pixels, and with
+    ``allow_auto`` ``auto``, its default then) and ``--tile_overlap``: one meaning in every command."""
+    group.add_argument("--tile", type=_tile_value(allow_auto), default=AUTO if allow_auto else 0,
+                       help="tile size in pixels for tiled inference, 0 = one pass over the whole image"
+                            + ("; auto = one pass when the estimated memory fits the device, else the largest of "
+                               "2048/1024/512/256 that fits" if allow_auto else "")
+                            + "; device memory then depends on the tile size only")
+    group.add_argument("--tile_overlap", type=int, default=32, help="minimum overlap of neighbouring tiles")
+
+
 def add_inference_options(group: argparse._ActionsContainer) -> None:
     """``--pad_multiple``, ``--tile`` and ``--tile_overlap`` (``--amp`` comes with ``--device``)."""
     group.add_argument("--pad_multiple", "--train_patch_size", dest="pad_multiple", type=int, default=TEST_PAD_MULTIPLE,
                        help="reflection padding multiple (of the image, or of each tile); 128 in the released protocol, "
                             "whose test script calls it --train_patch_size")
-    group.add_argument("--tile", type=int, default=0,
-                       help="tile size in pixels for tiled inference (0 = one pass over the whole image); "
-                            "device memory then depends on the tile size only")
-    group.add_argument("--tile_overlap", type=int, default=32, help="minimum overlap of neighbouring tiles")
+    add_tile_options(group)
 
 
 def inference_settings(args: argparse.Namespace, device: torch.device) -> tuple[InferenceSettings, str | None]:

@@ -43,7 +43,7 @@ from datasets.bracket import EXPOSURE_FILE, BracketSource, find_bracket, load_br
 from datasets.preprocess import build_network_input
 from datasets.response import Response, response_option, save_response
 from evaluation.merger import AUTO, HDRMerger, MergeResult
-from evaluation.options import add_preview_option
+from evaluation.options import add_preview_option, add_tile_options
 from models.inference import TEST_PAD_MULTIPLE, InferenceSettings
 from models.tiling import AUTO_TILES, tile_count
 from utils.atomic_io import atomic_path, write_text_atomically
@@ -102,11 +102,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
     inference = parser.add_argument_group("inference")
     add_device_options(inference)
-    inference.add_argument("--tile", type=int, default=0,
-                           help="tile size in pixels; 0 = automatic: one pass when the estimated memory fits "
-                                "the device, else the largest of 2048/1024/512/256 that fits (default: %(default)s)")
-    inference.add_argument("--tile_overlap", type=int, default=32,
-                           help="minimum overlap of neighbouring tiles (default: %(default)s)")
+    add_tile_options(inference, allow_auto=True)
 
     outputs = parser.add_argument_group("outputs")
     add_preview_option(outputs)
@@ -115,8 +111,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     outputs.add_argument("--no_progress", action="store_true", help="no progress bar")
     add_debug_option(parser)
     args = parser.parse_args(argv)
-    try:  # the settings' own checks, on the smallest tile --tile 0 may pick
-        InferenceSettings(TEST_PAD_MULTIPLE, args.tile or min(AUTO_TILES), args.tile_overlap)
+    try:  # the settings' own checks, on the smallest tile --tile auto may pick
+        InferenceSettings(TEST_PAD_MULTIPLE, min(AUTO_TILES) if args.tile == AUTO else args.tile, args.tile_overlap)
     except ValueError as err:
         parser.error(f"--tile {args.tile} --tile_overlap {args.tile_overlap}: {err}")
     return args
@@ -329,7 +325,7 @@ def predict_all(args: argparse.Namespace) -> int:
         raise UsageError(f"--save_dir {args.save_dir}: exists and is not a folder")
     sources = find_brackets(args.inputs, args.stops, args.name)
     args.response = response_option(args.response)
-    merger = HDRMerger(args.pretrained_model, resolve_device(args.device), args.amp, args.tile or AUTO,
+    merger = HDRMerger(args.pretrained_model, resolve_device(args.device), args.amp, args.tile,
                        args.tile_overlap)
     if merger.amp_note:
         print(f"note: {merger.amp_note}")

@@ -27,3 +27,15 @@ def test_help_states_each_default_once(command, capsys):
     assert "(default" in text
     assert not re.search(r"\(default[^()]*\)\s*\(default", text)
     assert "(default: None)" not in text
+
+
+def test_tile_options_mean_the_same_in_every_command(capsys):
+    assert predict.parse_args(["--pretrained_model", "m.pth", "in"]).tile == "auto"
+    assert predict.parse_args(["--pretrained_model", "m.pth", "--tile", "0", "in"]).tile == 0  # one pass
+    assert predict.parse_args(["--pretrained_model", "m.pth", "--tile", "256", "in"]).tile == 256
+    common = ["--dataset_dir", "d", "--pretrained_model", "m.pth"]
+    assert test_cli.parse_args(common).tile == 0
+    assert test_cli.parse_args([*common, "--tile", "256"]).tile == 256
+    with pytest.raises(SystemExit):
+        test_cli.parse_args([*common, "--tile", "auto"])  # test.py keeps the released one pass unless asked
+    assert "--tile" in capsys.readouterr().err
