@@ -62,6 +62,10 @@ class SceneLayout:
         """The viewable preview written next to the masks (never taken for an LDR)."""
         return str(Path(self.masks_file).with_suffix(".png"))
 
+    def ldr_folder(self, scene_dir: Path) -> Path:
+        """The folder of a scene that holds its LDR files."""
+        return scene_dir / self.ldr_subdir if self.ldr_subdir else scene_dir
+
     def check(self) -> None:
         """Refuse file names that would make one file play two parts (a label taken for an LDR,
         masks written over the label): raises SceneError naming the options."""
@@ -137,7 +141,7 @@ def list_scenes(dataset_dir: PathLike, split: str) -> list[Path]:
 def find_ldr_files(scene_dir: PathLike, layout: SceneLayout = SceneLayout()) -> list[Path]:
     """The scene's LDR files sorted by name (= by exposure); the masks preview is excluded."""
     scene_dir = Path(scene_dir)
-    ldr_dir = scene_dir / layout.ldr_subdir if layout.ldr_subdir else scene_dir
+    ldr_dir = layout.ldr_folder(scene_dir)
     not_ldrs = {layout.masks_preview_file, layout.label_file}
     matches = sorted(p for p in ldr_dir.glob(layout.ldr_pattern) if p.name not in not_ldrs)
     for path in matches:
@@ -231,7 +235,7 @@ def scene_input_files(scene_dir: PathLike, layout: SceneLayout = SceneLayout()) 
     LDR pattern, the exposure file and the label. The masks preview counts as an LDR too unless
     the masks file beside it shows that it is a preview (a PNG dataset's ``masks.png``)."""
     scene_dir = Path(scene_dir)
-    ldr_dir = scene_dir / layout.ldr_subdir if layout.ldr_subdir else scene_dir
+    ldr_dir = layout.ldr_folder(scene_dir)
     ours = {layout.label_file} | ({layout.masks_preview_file} if (scene_dir / layout.masks_file).is_file() else set())
     files = [p for p in ldr_dir.glob(layout.ldr_pattern) if p.is_file() and p.name not in ours]
     return files + [p for p in (scene_dir / layout.exposure_file, scene_dir / layout.label_file) if p.is_file()]

@@ -37,11 +37,6 @@ class ImageWriteError(OSError):
 JPEG_MAGIC = b"\xff\xd8\xff"
 
 
-def _is_jpeg(path: Path) -> bool:
-    with path.open("rb") as handle:
-        return handle.read(3) == JPEG_MAGIC
-
-
 def _read_jpeg(path: Path) -> np.ndarray:
     """A JPEG in OpenCV's layout (BGR or gray, stored pixel order), decoded by Pillow, which
     refuses a truncated file where OpenCV returns its upper part with a warning. Both use
@@ -62,10 +57,7 @@ TIFF_MAGICS = (b"II*\x00", b"MM\x00*")
 
 
 def _tiff_orientation(path: Path) -> int:
-    """The Orientation tag of a TIFF's first page (1 when absent or the file is no TIFF)."""
-    with path.open("rb") as handle:
-        if handle.read(4) not in TIFF_MAGICS:
-            return 1
+    """The Orientation tag of a TIFF's first page (1 when absent)."""
     try:
         with Image.open(path) as image:
             value = image.getexif().get(0x0112, 1)  # Orientation
@@ -99,20 +91,20 @@ def _to_8bit_colour(image: np.ndarray) -> np.ndarray:
 
 def _imread(path: PathType, flags: int) -> np.ndarray:
     """cv2.imread that raises instead of silently returning None; JPEGs go through Pillow (see
-    ``_read_jpeg``), so a truncated one is an error too."""
+    ``_read_jpeg``), so a truncated one is an error too, and TIFFs with an orientation tag through
+    tifffile (``_read_oriented_tiff``); the file's first bytes choose."""
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"image file not found: {path}")
-    if _is_jpeg(path):
+    with path.open("rb") as handle:
+        magic = handle.read(4)
+    image = None
+    if magic.startswith(JPEG_MAGIC):
         image = _read_jpeg(path)
-        if flags == cv2.IMREAD_COLOR and image.ndim == 2:
-            image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-        return image
-    if _tiff_orientation(path) != 1:
+    elif magic in TIFF_MAGICS and _tiff_orientation(path) != 1:
         image = _read_oriented_tiff(path)
-        if flags == cv2.IMREAD_COLOR:
-            image = _to_8bit_colour(image)
-        return image
+    if image is not None:
+        return _to_8bit_colour(image) if flags == cv2.IMREAD_COLOR else image
     image = cv2.imread(str(path), flags | cv2.IMREAD_IGNORE_ORIENTATION)
     if image is None:
         raise ImageReadError(f"cannot decode image file: {path}")
