@@ -51,6 +51,28 @@ WHITE_BALANCE_RANGE = (0.6, 1.4)  # per-channel gains of a training scene's colo
 SATURATION_RANGE = (1.0, 1.6)  # chroma scale of a training scene's colour variation
 
 
+@dataclass(frozen=True)
+class SceneSpread:
+    """How far generated scenes vary: the ranges a scene's clipping, objects and shake are drawn from.
+
+    The defaults are the benchmark-like scenes the demo checkpoint was trained and scored on;
+    wider ranges make harder held-out sets (more clipping, larger and faster objects, more shake).
+    """
+
+    clipped: tuple[float, float] = TARGET_SATURATED  # fraction of the reference exposure clipped
+    objects: tuple[int, int] = (1, 3)  # moving objects per scene (inclusive)
+    object_size: tuple[float, float] = (0.14, 0.3)  # object box side over the image's short side
+    speed: tuple[float, float] = (0.03, 0.08)  # object motion per exposure step over the short side
+    shake: float = 0.012  # largest camera shake over the short side (at least 1 px)
+
+    def accepted_clipping(self) -> tuple[float, float]:
+        """The clipped fractions a drawn crop may have: `clipped` with room for noise."""
+        if self.clipped == TARGET_SATURATED:
+            return SATURATED_RANGE
+        low, high = self.clipped
+        return max(0.0, low - 0.02), min(1.0, high + 0.03)
+
+
 @dataclass
 class RealScene(SyntheticScene):
     """A generated scene plus the names of the radiance maps it was built from."""
@@ -138,15 +160,15 @@ def shaken_view(canvas: np.ndarray, margin: int, size: tuple[int, int], shake: t
     return cv2.warpAffine(canvas, move, (width, height), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
 
 
-def _moving_patch(rng: np.random.Generator, source: np.ndarray, size: tuple[int, int], level: float
-                  ) -> MovingPatch:
+def _moving_patch(rng: np.random.Generator, source: np.ndarray, size: tuple[int, int], level: float,
+                  spread: SceneSpread = SceneSpread()) -> MovingPatch:
     """An irregular patch of `source` whose 95th-percentile brightness is `level`, with a position and speed."""
     height, width = size
     short = min(height, width)
-    box = (max(6, int(rng.uniform(0.14, 0.3) * short)), max(6, int(rng.uniform(0.14, 0.3) * short)))
+    box = (max(6, int(rng.uniform(*spread.object_size) * short)), max(6, int(rng.uniform(*spread.object_size) * short)))
     radiance = random_crop(rng, source, box, max_zoom=4.0)
     radiance = radiance * (level / max(float(np.percentile(radiance.max(axis=2), 95)), 1e-8))
-    speed = rng.uniform(0.03, 0.08) * short
+    speed = rng.uniform(*spread.speed) * short
     direction = rng.uniform(0, 2 * np.pi)
     return MovingPatch(
         radiance=radiance.astype(np.float32),
@@ -156,8 +178,8 @@ def _moving_patch(rng: np.random.Generator, source: np.ndarray, size: tuple[int,
     )
 
 
-def exposure_gain(rng: np.random.Generator, reference_view: np.ndarray, clip_radiance: float, white: float
-                  ) -> float:
+def exposure_gain(rng: np.random.Generator, reference_view: np.ndarray, clip_radiance: float, white: float,
+                  target: tuple[float, float] = TARGET_SATURATED) -> float:
     """The factor that turns map radiance into scene radiance, as a photographer would bracket.
 
     The brightest 0.5 % of the reference view go just under `white` (the shortest exposure's
@@ -165,7 +187,7 @@ def exposure_gain(rng: np.random.Generator, reference_view: np.ndarray, clip_rad
     exposure (radiance above `clip_radiance`): then the nearest gain inside that range is taken.
     """
     brightness = reference_view.max(axis=2)
-    most, fewest = np.quantile(brightness, [1.0 - TARGET_SATURATED[1], 1.0 - TARGET_SATURATED[0]])
+    most, fewest = np.quantile(brightness, [1.0 - target[1], 1.0 - target[0]])
     peak = float(np.quantile(brightness, 0.995))
     highlight_gain = white * rng.uniform(0.7, 1.0) / max(peak, 1e-12)
     return float(np.clip(highlight_gain, clip_radiance / max(fewest, 1e-12), clip_radiance / max(most, 1e-12)))
@@ -193,13 +215,15 @@ def vary_colour(rng: np.random.Generator, views: Sequence[np.ndarray]) -> list[n
 
 def render_real_scene(rng: np.random.Generator, maps: dict[str, np.ndarray], background: str,
                       object_sources: Sequence[str], size: tuple[int, int], exposures: Sequence[float],
-                      max_tries: int = 12, colour_variation: bool = False) -> RealScene:
+                      max_tries: int = 12, colour_variation: bool = False,
+                      spread: SceneSpread = SceneSpread()) -> RealScene:
     """One scene: a crop of map `background`, patches of `object_sources` moving, camera shake, n exposures, label.
 
-    With `colour_variation` (training scenes), the scene's colours are varied by `vary_colour`.
+    With `colour_variation` (training scenes), the scene's colours are varied by `vary_colour`;
+    `spread` sets the ranges of clipping, objects and shake.
 
     Crops are drawn (up to `max_tries`) until one looks like a benchmark scene: its reference
-    exposure clips a fraction within SATURATED_RANGE, the clipped pixels are on median at least
+    exposure clips a fraction within `spread.accepted_clipping()`, the clipped pixels are on median at least
     `MIN_HEADROOM` times brighter than the clipping level, and no more than `MAX_CLAMPED` of the
     view exceeds the shortest exposure's white; otherwise the closest one is kept.
     """
@@ -209,16 +233,18 @@ def render_real_scene(rng: np.random.Generator, maps: dict[str, np.ndarray], bac
     reference = len(exposures) // 2
     levels = Brightness.for_exposures(exposures)
     clip_radiance = SATURATION_LEVEL**GAMMA / float(times[reference])
-    max_shake = max(1.0, 0.012 * min(height, width))
+    max_shake = max(1.0, spread.shake * min(height, width)) if spread.shake > 0 else 0.0
     margin = int(np.ceil(max_shake)) + 2
-    low, high = SATURATED_RANGE
+    low, high = spread.accepted_clipping()
     best, best_score = None, None
     for _ in range(max_tries):
         canvas = random_crop(rng, maps[background], (height + 2 * margin, width + 2 * margin))
         provisional = float(np.quantile(canvas[margin:-margin, margin:-margin].max(axis=2), 1.0 - np.mean(
-            TARGET_SATURATED)))
-        object_names = tuple(str(n) for n in rng.choice(list(object_sources), size=int(rng.integers(1, 4))))
-        patches = [_moving_patch(rng, maps[name], size, provisional * rng.uniform(0.15, 0.8)) for name in object_names]
+            spread.clipped)))
+        count = int(rng.integers(spread.objects[0], spread.objects[1] + 1))
+        object_names = tuple(str(n) for n in rng.choice(list(object_sources), size=count))
+        patches = [_moving_patch(rng, maps[name], size, provisional * rng.uniform(0.15, 0.8), spread)
+                   for name in object_names]
         views = []
         for index in range(len(exposures)):
             step = index - reference
@@ -230,7 +256,7 @@ def render_real_scene(rng: np.random.Generator, maps: dict[str, np.ndarray], bac
             views.append(view)
         if colour_variation:
             views = vary_colour(rng, views)
-        gain = exposure_gain(rng, views[reference], clip_radiance, levels.bright_high)
+        gain = exposure_gain(rng, views[reference], clip_radiance, levels.bright_high, spread.clipped)
         brightness = views[reference].max(axis=2) * gain
         clipped = brightness[brightness > clip_radiance]
         headroom = float(np.median(np.minimum(clipped, levels.bright_high))) / clip_radiance if clipped.size else 0.0
@@ -262,7 +288,8 @@ def make_real_dataset(out_dir: PathLike, num_train: int, num_test: int, size: tu
                       seed: int = 0, exposures: Optional[Sequence[float]] = None,
                       spacings: Sequence[float] = DEFAULT_SPACINGS, num_exposures: int = 3,
                       radiance_dir: PathLike = RADIANCE_DIR, overwrite: bool = False, progress: bool = False,
-                      colour_variation: bool = False) -> dict[str, dict[str, dict]]:
+                      colour_variation: bool = False, spread: SceneSpread = SceneSpread()
+                      ) -> dict[str, dict[str, dict]]:
     """Write Training and Test scenes under `out_dir` (deterministic in `seed`); returns the scenes.json record.
 
     Existing non-empty split folders are an error unless `overwrite` (which deletes them). With
@@ -281,7 +308,7 @@ def make_real_dataset(out_dir: PathLike, num_train: int, num_test: int, size: tu
             background = sources[index % len(sources)]  # every source in turn
             others = [name for name in sources if name != background]
             scene = render_real_scene(rng, maps, background, others, size, stops,
-                                      colour_variation=colour_variation and split == "Training")
+                                      colour_variation=colour_variation and split == "Training", spread=spread)
             name = f"scene_{index + 1:04d}"
             write_scene(split_dir / name, scene)
             record[split][name] = {"exposures": list(stops), "background": scene.background,
@@ -302,7 +329,30 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--overwrite", action="store_true", help="replace existing Training/ and Test/ folders")
     parser.add_argument("--colour_variation", action="store_true",
                         help="vary each training scene's colours (channel order, white balance, chroma)")
-    return parser.parse_args(argv)
+    spread = parser.add_argument_group("scene spread (defaults: the benchmark-like scenes)")
+    defaults = SceneSpread()
+    spread.add_argument("--clipped", type=float, nargs=2, metavar=("LOW", "HIGH"), default=list(defaults.clipped),
+                        help="fraction of the reference exposure clipped")
+    spread.add_argument("--objects", type=int, nargs=2, metavar=("MIN", "MAX"), default=list(defaults.objects),
+                        help="moving objects per scene (0 0: a static scene)")
+    spread.add_argument("--object_size", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                        default=list(defaults.object_size), help="object side over the image's short side")
+    spread.add_argument("--speed", type=float, nargs=2, metavar=("LOW", "HIGH"), default=list(defaults.speed),
+                        help="object motion per exposure step over the image's short side")
+    spread.add_argument("--shake", type=float, default=defaults.shake,
+                        help="largest camera shake over the image's short side (0: a tripod)")
+    args = parser.parse_args(argv)
+    for name in ("clipped", "object_size", "speed"):
+        low, high = getattr(args, name)
+        if not 0.0 <= low <= high or (name == "clipped" and high >= 1.0):
+            parser.error(f"--{name} {low} {high}: need 0 <= LOW <= HIGH" + (" < 1" if name == "clipped" else ""))
+    if not 0 <= args.objects[0] <= args.objects[1]:
+        parser.error(f"--objects {args.objects[0]} {args.objects[1]}: need 0 <= MIN <= MAX")
+    if args.shake < 0:
+        parser.error(f"--shake {args.shake}: need >= 0")
+    args.spread = SceneSpread(clipped=tuple(args.clipped), objects=tuple(args.objects),
+                              object_size=tuple(args.object_size), speed=tuple(args.speed), shake=args.shake)
+    return args
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -310,7 +360,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     make_real_dataset(args.out, args.train, args.test, size=tuple(args.size), seed=args.seed,
                       exposures=args.exposures, spacings=args.spacing, num_exposures=args.num_exposures,
                       radiance_dir=args.radiance_dir, overwrite=args.overwrite, progress=True,
-                      colour_variation=args.colour_variation)
+                      colour_variation=args.colour_variation, spread=args.spread)
     print(f"wrote {args.train} training and {args.test} test scenes to {args.out}")
 
 

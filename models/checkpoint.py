@@ -187,6 +187,9 @@ def released_state_dict(model: SMNet) -> dict[str, torch.Tensor]:
     from .window_attention import relative_position_index, shift_attention_mask
 
     out = {}
+    if getattr(model, "reference_residual", False):
+        raise ValueError("a reference_residual network has no released form: the released code would run its "
+                         "weights as the plain network")
     for name, value in model.state_dict().items():
         out[f"module.{name}"] = value
         if name.endswith("norm1.weight") and ".residual_group.blocks." in name:

@@ -28,6 +28,12 @@ class PatchEmbedNorm(nn.Module):
         return self.norm(tokens)
 
 
+REFERENCE_EPS = 1e-6
+"""Floor (and 1 − ceiling) of the reference radiance a ``reference_residual`` network starts from:
+below the darkest well-exposed value (code 0.02 at 3 stops, about 2e-5), so it biases only
+crushed pixels, by under 0.001 in μ-law."""
+
+
 class SMNet(nn.Module):
     """The SMHDR network. ``SMNet()`` is the released configuration (1,292,499 parameters).
 
@@ -35,6 +41,10 @@ class SMNet(nn.Module):
     Output: B×3×H×W linear HDR in [0, 1]. ``mask_map`` (B×1×H×W, 1 keep / 0 masked) is used by
     the mask blocks when the network is built with ``is_mask``. Any H×W works: the input is
     padded by reflection to a multiple of the window size and the output cropped back.
+
+    With ``reference_residual`` (an addition, off in the released network) the output is
+    ``sigmoid(logit(reference radiance) + head)`` instead of ``sigmoid(head)``, the head starting
+    at zero: the network corrects the reference exposure rather than rebuilding it.
 
     Under ``torch.compile`` only ``forward_with_layouts`` is traced: ``forward`` runs eagerly and
     fetches the window layouts of the padded size (their construction indexes by data), so the
@@ -45,7 +55,8 @@ class SMNet(nn.Module):
                  depths: Sequence[int] = (6, 6, 6, 6), num_heads: Sequence[int] = (6, 6, 6, 6),
                  window_size: int = 8, mlp_ratio: float = 2.0, drop_path_rate: float = 0.1,
                  is_mask: bool = False, adl_drop_rate: float = 0.75,
-                 ca_heads_per_exposure: int = 4, channel_mlp_ratio: float = 4.0) -> None:
+                 ca_heads_per_exposure: int = 4, channel_mlp_ratio: float = 4.0,
+                 reference_residual: bool = False) -> None:
         super().__init__()
         if len(depths) != len(num_heads):
             raise ValueError(f"depths {list(depths)} and num_heads {list(num_heads)} differ in length")
@@ -53,6 +64,9 @@ class SMNet(nn.Module):
                            num_heads=list(num_heads), window_size=window_size, mlp_ratio=mlp_ratio,
                            drop_path_rate=drop_path_rate, is_mask=is_mask, adl_drop_rate=adl_drop_rate,
                            ca_heads_per_exposure=ca_heads_per_exposure, channel_mlp_ratio=channel_mlp_ratio)
+        if reference_residual:  # recorded only when on, so the released configs read as before
+            self.config["reference_residual"] = True
+        self.reference_residual = reference_residual
         self.in_chans = in_chans
         self.embed_dim = embed_dim
         self.window_size = window_size
@@ -78,6 +92,9 @@ class SMNet(nn.Module):
         self.conv_skip = nn.Conv2d(embed_dim, embed_dim, 3, padding=1)
         self.conv_end = nn.Conv2d(embed_dim, 3, 3, padding=1)
         self.apply(self._init_weights)
+        if reference_residual:  # a new network starts as the reference exposure itself
+            nn.init.zeros_(self.conv_end.weight)
+            nn.init.zeros_(self.conv_end.bias)
         # (window size, shift) of every block: the window layouts a forward pass needs.
         self.window_keys = sorted({(block.window_size, block.shift_size)
                                    for block in self.modules() if isinstance(block, MSAB)})
@@ -144,5 +161,15 @@ class SMNet(nn.Module):
             t = stage(t, h, w, mask_tokens, layouts)
             t = map_token_chunks(mlp, channel_block(t + x0, n, heads))
         body = tokens_as_image(self.norm(t), h, w)
-        y = torch.sigmoid(self.conv_end(self.conv_after_body(body) + self.conv_skip(f_ref)))
-        return y[..., :height, :width]
+        y = self.conv_end(self.conv_after_body(body) + self.conv_skip(f_ref))
+        if self.reference_residual:
+            y = y + self.reference_logit(x, n)
+        return torch.sigmoid(y)[..., :height, :width]
+
+    def reference_logit(self, x: torch.Tensor, num_exposures: int) -> torch.Tensor:
+        """The logit of the reference exposure's linear radiance (its ``LDR^2.2 / t`` channels),
+        what a ``reference_residual`` network corrects: where the reference is well exposed it is
+        the answer up to noise, so the network only has to learn what the reference lacks."""
+        first = self.in_chans * (num_exposures // 2)
+        radiance = x[:, first:first + 3].float()
+        return torch.logit(radiance.clamp(REFERENCE_EPS, 1.0 - REFERENCE_EPS))

@@ -10,7 +10,7 @@ import pytest
 from datasets import HDRFullImageDataset, list_scenes, load_scene
 from datasets.preprocess import exposure_times
 from datasets.real_scenes import (RADIANCE_DIR, TEST_SOURCES, load_radiance_maps, main, make_real_dataset,
-                                  render_real_scene, split_sources, vary_colour)
+                                  SceneSpread, render_real_scene, split_sources, vary_colour)
 from datasets.synthetic import SATURATED_RANGE, saturated_fraction
 
 SIZE = (64, 80)
@@ -155,3 +155,56 @@ def test_command_line_with_fixed_exposures(tmp_path):
     for split in ("Training", "Test"):
         scene = load_scene(list_scenes(tmp_path / "cli", split)[0])
         assert scene.exposures.tolist() == [0.0, 3.0, 6.0] and scene.size == (48, 64)
+
+
+def _green_object_footprints(spread: SceneSpread, seed: int) -> list[np.ndarray]:
+    ramp = np.repeat(np.geomspace(0.01, 1.0, 200, dtype=np.float32)[None, :, None], 160, axis=0)
+    maps = {"grey": np.repeat(ramp, 3, axis=2), "green": np.zeros((160, 200, 3), np.float32)}
+    maps["green"][..., 1] = 1.0
+    scene = render_real_scene(np.random.default_rng(seed), maps, "grey", ["green"], (96, 128), (0.0, 2.0, 4.0),
+                              spread=spread)
+    return [(ldr[..., 1] > 2 * ldr[..., 0] + 0.05) for ldr in scene.ldrs]
+
+
+def test_the_spread_sets_object_count_size_and_speed():
+    assert not any(mask.any() for mask in _green_object_footprints(SceneSpread(objects=(0, 0)), 0))
+    def centre(mask: np.ndarray) -> np.ndarray:
+        return np.argwhere(mask).mean(axis=0)
+
+    for seed in range(3):
+        small = _green_object_footprints(SceneSpread(objects=(1, 1), object_size=(0.1, 0.1), speed=(0.02, 0.02)), seed)
+        large = _green_object_footprints(SceneSpread(objects=(1, 1), object_size=(0.4, 0.4), speed=(0.15, 0.15)), seed)
+        assert large[1].sum() > 8 * small[1].sum() > 0
+        # per exposure step the slow object moves about 0.02 × 96 px, the fast one 0.15 × 96 px (plus shake)
+        slow, fast = (np.linalg.norm(centre(frames[2]) - centre(frames[1])) for frames in (small, large))
+        assert slow < 5 and fast > 10
+
+
+def test_a_static_scene_from_a_tripod_agrees_in_every_frame():
+    """No objects and no shake: every frame, exposure-normalised, is the label where it is well exposed."""
+    maps = load_radiance_maps()
+    scene = render_real_scene(np.random.default_rng(1), maps, "courtyard", ["sunrise", "Desk"], SIZE,
+                              (0.0, 2.0, 4.0), spread=SceneSpread(objects=(0, 0), shake=0.0))
+    for ldr, time in zip(scene.ldrs, exposure_times(scene.exposures)):
+        well_exposed = (ldr > 0.15) & (ldr < 0.9)
+        error = np.abs(ldr**2.2 / float(time) - scene.label) / np.maximum(scene.label.max(axis=2, keepdims=True), 1e-6)
+        assert well_exposed.mean() > 0.02 and np.quantile(error[well_exposed], 0.99) < 0.1
+
+
+@pytest.mark.parametrize("clipped", [(0.02, 0.04), (0.2, 0.25)])
+def test_the_spread_sets_how_much_the_reference_clips(tmp_path, clipped):
+    spread = SceneSpread(clipped=clipped)
+    make_real_dataset(tmp_path / "data", num_train=0, num_test=3, size=SIZE, seed=2, spread=spread)
+    low, high = spread.accepted_clipping()
+    for scene_dir in list_scenes(tmp_path / "data", "Test"):
+        scene = load_scene(scene_dir)
+        assert low <= saturated_fraction(scene.ldrs[scene.reference_index]) <= high, scene_dir
+
+
+@pytest.mark.parametrize("bad", [["--clipped", "0.3", "0.2"], ["--clipped", "0.5", "1.0"], ["--objects", "2", "1"],
+                                 ["--speed", "-0.1", "0.1"], ["--shake", "-1"]])
+def test_a_spread_that_cannot_be_drawn_is_refused(tmp_path, bad, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--out", str(tmp_path / "x"), "--train", "0", "--test", "1", *bad])
+    assert stop.value.code == 2 and bad[0] in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

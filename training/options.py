@@ -130,6 +130,9 @@ def build_parser(phase: int) -> argparse.ArgumentParser:
                               ("window_size", int, None)):
         net.add_argument(f"--{name}", type=kind, nargs=nargs, default=None,
                          help=f"override the named network's {name} (default: that of --model)")
+    net.add_argument("--reference_residual", action="store_true",
+                     help="the network corrects the reference exposure's radiance instead of rebuilding it "
+                          "(an addition; the released network rebuilds it)")
     net.add_argument("--drop_path_rate", type=float, default=0.1)
     net.add_argument("--adl_drop_rate", type=float, default=0.75,
                      help="probability that a mask block applies the mask map (else its importance map)")
@@ -192,4 +195,5 @@ def model_config(args: argparse.Namespace) -> dict[str, Any]:
     """SMNet constructor options from parsed arguments (mask blocks always built)."""
     return dict(img_size=args.train_patch_size, embed_dim=args.embed_dim, depths=list(args.depths),
                 num_heads=list(args.num_heads), window_size=args.window_size,
-                drop_path_rate=args.drop_path_rate, is_mask=True, adl_drop_rate=args.adl_drop_rate)
+                drop_path_rate=args.drop_path_rate, is_mask=True, adl_drop_rate=args.adl_drop_rate,
+                **({"reference_residual": True} if args.reference_residual else {}))

@@ -101,7 +101,7 @@ SHALLOW_EXTRACTOR = ("conv_first.",)
 RELEASED_FREEZE = ("conv_first.0.",)
 """What the released ``--is_freeze`` trains: the first convolution of the shallow extractor."""
 ARCHITECTURE_KEYS = ("in_chans", "embed_dim", "depths", "num_heads", "window_size", "mlp_ratio",
-                     "channel_mlp_ratio", "ca_heads_per_exposure")
+                     "channel_mlp_ratio", "ca_heads_per_exposure", "reference_residual")
 """Network options a checkpoint fixes; the others (drop rates, mask blocks) are training choices."""
 
 
@@ -669,8 +669,8 @@ class Trainer:
         data = read_checkpoint(source)
         training_choices = {key: value for key, value in config.items() if key not in ARCHITECTURE_KEYS}
         self.model = model_from_checkpoint(data, source, **training_choices).to(self.device)
-        differs = {key: self.model.config[key] for key in ARCHITECTURE_KEYS
-                   if key in config and config[key] != self.model.config[key]}
+        differs = {key: self.model.config.get(key) for key in ARCHITECTURE_KEYS
+                   if key in config and config[key] != self.model.config.get(key)}
         if differs:
             self.log(f"network shape from {source}: {differs} (the command line's network options are ignored)")
         return data
