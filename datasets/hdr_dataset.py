@@ -25,6 +25,7 @@ from .cache import CacheMode, CodedScene, SceneReader
 from .preprocess import (
     build_network_input,
     exposure_times,
+    full_image_sample,
     network_input_from_codes,
     random_crop_box,
     random_flip_axis,
@@ -339,9 +340,9 @@ def collate_crops(samples: Sequence[Any]) -> Any:
 class HDRFullImageDataset(_SplitDataset):
     """Whole scenes in sorted order, for evaluation, inference and the metric-guided update.
 
-    A sample is {'input': (6n,H,W) float32, 'segments': (H,W) int64, 'exposures': (n,) float32
-    stops, 'scene': the scene name} plus 'label': (3,H,W) float32 whenever the scene
-    has one. With `require_label` False, scenes without a label are accepted (inference).
+    A sample (``preprocess.full_image_sample``) is {'input': (6n,H,W) float32, 'ldrs': (n,3,H,W)
+    float32, the LDRs the input holds, 'segments': (H,W) int64, 'exposures': (n,) float32 stops,
+    'scene': the scene name} plus 'label': (3,H,W) float32 whenever the scene has one. With `require_label` False, scenes without a label are accepted (inference).
     """
 
     def __init__(self, dataset_dir: PathLike, split: str = "Test", with_masks: bool = False,
@@ -357,15 +358,10 @@ class HDRFullImageDataset(_SplitDataset):
         if self.reader.cache is not None:
             return self._from_codes(index)
         scene = self.load_scene(index)
-        sample: dict[str, Any] = {
-            "input": _tensor(build_network_input(scene.ldrs, scene.exposures), torch.float32),
-            "segments": _tensor(_segments_or_zeros(scene, self.with_masks), torch.int64),
-            "exposures": _tensor(scene.exposures, torch.float32),
-            "scene": scene.name,
-        }
-        if scene.label is not None:
-            sample["label"] = _tensor(np.transpose(scene.label, (2, 0, 1)), torch.float32)
-        return sample
+        label = None if scene.label is None else _tensor(np.transpose(scene.label, (2, 0, 1)), torch.float32)
+        return full_image_sample(_tensor(build_network_input(scene.ldrs, scene.exposures), torch.float32),
+                                 scene.exposures, scene.name,
+                                 _tensor(_segments_or_zeros(scene, self.with_masks), torch.int64), label)
 
     def _from_codes(self, index: int) -> dict[str, Any]:
         """The same sample from a cached scene's codes: the input by lookup, as for training
@@ -374,16 +370,11 @@ class HDRFullImageDataset(_SplitDataset):
         codes = torch.from_numpy(np.array(scene.codes))[None]
         times = exposure_times(scene.exposures)[None]
         with_segments = self.with_masks and scene.segments is not None
-        sample: dict[str, Any] = {
-            "input": network_input_from_codes(codes, np.asarray(scene.code_tables)[None], times)[0],
-            "segments": _tensor(scene.segments, torch.int64) if with_segments else torch.zeros(scene.size,
-                                                                                               dtype=torch.int64),
-            "exposures": _tensor(scene.exposures, torch.float32),
-            "scene": scene.name,
-        }
-        if scene.label is not None:
-            sample["label"] = _tensor(scene.label, torch.float32)
-        return sample
+        segments = (_tensor(scene.segments, torch.int64) if with_segments
+                    else torch.zeros(scene.size, dtype=torch.int64))
+        label = None if scene.label is None else _tensor(scene.label, torch.float32)
+        return full_image_sample(network_input_from_codes(codes, np.asarray(scene.code_tables)[None], times)[0],
+                                 scene.exposures, scene.name, segments, label)
 
 
 

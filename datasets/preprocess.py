@@ -134,20 +134,37 @@ def random_flip_axis(generator: Optional[torch.Generator] = None) -> Optional[in
     return 0 if float(torch.rand((), generator=generator)) < 0.5 else 1
 
 
-def exposures_from_sample(sample: Mapping[str, object]) -> tuple[list[np.ndarray], list[float]]:
-    """The LDR exposures (H×W×3 float32 in [0, 1], shortest first) and their stops, recovered
-    from a sample's network input ``[LDR**2.2 / t, LDR]`` per exposure."""
-    inputs = torch.as_tensor(sample["input"])
+def input_ldrs(inputs: torch.Tensor) -> torch.Tensor:
+    """The LDR channels of a (6n)×H×W network input as an n×3×H×W view (no copy): what a sample
+    carries as ``ldrs``."""
     count = inputs.shape[0] // CHANNELS_PER_EXPOSURE
-    ldrs = [inputs[CHANNELS_PER_EXPOSURE * i + 3:CHANNELS_PER_EXPOSURE * (i + 1)].permute(1, 2, 0).numpy()
-            for i in range(count)]
-    stops = [float(s) for s in torch.as_tensor(sample["exposures"]).reshape(-1)]
-    if len(stops) != count:
-        raise ValueError(f"scene {sample['scene']}: {count} exposures in the input but {len(stops)} stops")
-    return ldrs, stops
+    return inputs.view(count, CHANNELS_PER_EXPOSURE, *inputs.shape[1:])[:, 3:]
+
+
+def full_image_sample(inputs: torch.Tensor, exposures: Sequence[float], scene: str, segments: torch.Tensor,
+                      label: Optional[torch.Tensor] = None) -> dict[str, object]:
+    """A whole scene as the datasets hand it out: ``input`` (the (6n)×H×W network input),
+    ``ldrs`` (its n×3×H×W LDRs, shortest first, a view of the input), ``exposures`` (n stops),
+    ``segments``, ``scene`` and, when there is one, ``label``. Consumers read the LDRs and stops
+    from here instead of slicing the input."""
+    stops = torch.as_tensor(np.asarray(exposures, dtype=np.float32))
+    count = inputs.shape[0] // CHANNELS_PER_EXPOSURE
+    if inputs.shape[0] % CHANNELS_PER_EXPOSURE or count != stops.numel():
+        raise ValueError(f"scene {scene}: a {inputs.shape[0]}-channel input for {stops.numel()} stops")
+    sample: dict[str, object] = {"input": inputs, "ldrs": input_ldrs(inputs), "exposures": stops,
+                                 "segments": segments, "scene": scene}
+    if label is not None:
+        sample["label"] = label
+    return sample
+
+
+def sample_exposures(sample: Mapping[str, object]) -> tuple[list[np.ndarray], list[float]]:
+    """A sample's LDRs as H×W×3 float32 arrays in [0, 1] (shortest first) and their stops."""
+    ldrs = torch.as_tensor(sample["ldrs"])
+    return [ldr.permute(1, 2, 0).numpy() for ldr in ldrs], [float(s) for s in torch.as_tensor(sample["exposures"])]
 
 
 def reference_ldr(sample: Mapping[str, object]) -> np.ndarray:
     """The reference (middle) exposure of a sample as H×W×3 float32 in [0, 1]."""
-    ldrs, _ = exposures_from_sample(sample)
-    return ldrs[len(ldrs) // 2]
+    ldrs = torch.as_tensor(sample["ldrs"])
+    return ldrs[len(ldrs) // 2].permute(1, 2, 0).numpy()

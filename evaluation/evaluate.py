@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from datasets.preprocess import exposures_from_sample
+from datasets.preprocess import sample_exposures
 from evaluation.baselines import debevec_baseline, reference_exposure_baseline
 from evaluation.merger import HDRMerger
 from evaluation.metrics import MetricSettings
@@ -126,7 +126,7 @@ def evaluate_baselines(
     results = {name: EvaluationResult(MetricTable(), regions=MetricTable() if regions is not None else None)
                for name in names}
     for sample in tqdm(scenes, desc="baselines", unit="scene", disable=not progress, leave=False):
-        ldrs, stops = exposures_from_sample(sample)
+        ldrs, stops = sample_exposures(sample)
         scene = str(sample["scene"])
         for name in names:
             start = time.perf_counter()

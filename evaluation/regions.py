@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 import torch
 
-from datasets.preprocess import exposures_from_sample
+from datasets.preprocess import sample_exposures
 from evaluation.baselines import linearize
 from evaluation.metrics import ImageLike, as_hwc_array, psnr
 from evaluation.tables import format_table
@@ -151,7 +151,7 @@ def region_map(ldrs: Sequence[np.ndarray], stops: Sequence[float], label: ImageL
 
 def sample_region_map(sample: Mapping[str, object], settings: RegionSettings = RegionSettings()) -> np.ndarray:
     """``region_map`` of a labelled sample of ``HDRFullImageDataset``."""
-    ldrs, stops = exposures_from_sample(sample)
+    ldrs, stops = sample_exposures(sample)
     return region_map(ldrs, stops, torch.as_tensor(sample["label"]), settings)
 
 

@@ -25,6 +25,7 @@ from datasets import (
     read_segments,
     write_segments,
 )
+from datasets.preprocess import reference_ldr, sample_exposures
 from utils.image_io import read_hdr, read_ldr, write_hdr, write_ldr
 
 HEIGHT, WIDTH = 24, 40
@@ -307,17 +308,26 @@ def test_patch_larger_than_scene_is_an_error(coordinate_dataset):
 
 # --- whole scenes -------------------------------------------------------------------------------
 
-def test_full_image_dataset_gives_whole_scenes(coordinate_dataset):
-    dataset = HDRFullImageDataset(coordinate_dataset, split="Test", cache=None)
+@pytest.mark.parametrize("cache", [None, "npy"])
+def test_full_image_dataset_gives_whole_scenes(coordinate_dataset, cache):
+    dataset = HDRFullImageDataset(coordinate_dataset, split="Test", cache=cache)
     assert len(dataset) == 1 and dataset.scene_names == ["t_scene"]
     sample = dataset[0]
-    assert set(sample) == {"input", "label", "segments", "exposures", "scene"}
+    assert set(sample) == {"input", "ldrs", "label", "segments", "exposures", "scene"}
     assert sample["scene"] == "t_scene"
     assert sample["input"].shape == (18, HEIGHT, WIDTH) and sample["label"].shape == (3, HEIGHT, WIDTH)
     assert sample["exposures"].dtype == torch.float32 and sample["exposures"].tolist() == [0, 2, 4]
     assert not sample["segments"].any()
     scene = load_scene(coordinate_dataset / "Test" / "t_scene")
     np.testing.assert_array_equal(sample["input"].numpy(), build_network_input(scene.ldrs, scene.exposures))
+    # the sample carries the LDRs it was built from (a view of the input, not a copy) and its stops
+    assert sample["ldrs"].shape == (3, 3, HEIGHT, WIDTH)
+    assert sample["ldrs"].untyped_storage().data_ptr() == sample["input"].untyped_storage().data_ptr()
+    ldrs, stops = sample_exposures(sample)
+    assert stops == [0.0, 2.0, 4.0]
+    for ldr, expected in zip(ldrs, scene.ldrs):
+        np.testing.assert_array_equal(ldr, expected)
+    np.testing.assert_array_equal(reference_ldr(sample), scene.ldrs[1])
 
 
 def test_full_image_dataset_with_masks_and_without_labels(coordinate_dataset):

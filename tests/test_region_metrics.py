@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from datasets.preprocess import build_network_input
+from datasets.preprocess import build_network_input, full_image_sample
 from datasets.synthetic import make_dataset
 from evaluation import cli as script
 from evaluation.metrics import load_pycvvdp, psnr
@@ -188,8 +188,8 @@ def test_empty_regions_are_nan_and_left_out_of_the_means() -> None:
 
 def test_region_table_of_a_sample() -> None:
     ldrs, label = constructed_scene()
-    sample = {"input": torch.from_numpy(build_network_input(ldrs, STOPS)), "exposures": torch.tensor(STOPS),
-              "label": torch.from_numpy(label).permute(2, 0, 1), "scene": "constructed"}
+    sample = full_image_sample(torch.from_numpy(build_network_input(ldrs, STOPS)), STOPS, "constructed",
+                               torch.zeros(label.shape[:2], dtype=torch.int64), torch.from_numpy(label).permute(2, 0, 1))
     prediction = torch.from_numpy(label).permute(2, 0, 1).clone()
     prediction[:, MOVING_PATCH[0], MOVING_PATCH[1]] *= 1.5
     rows = region_table(prediction, sample, EXACT)

@@ -1,5 +1,7 @@
-"""What a training run saves besides the weights, and how it comes back: the RNG states, the
-per-epoch seeds that make a resumed epoch repeat exactly, and the run's history.
+"""Where a training run starts and how it comes back: the resume policy (``plan_start``: fine-tune,
+continue ``last.pth``, ``--resume`` or start afresh), what a run saves besides the weights (the
+RNG states, the per-epoch seeds that make a resumed epoch repeat exactly, the run's history) and
+how that state is restored (``restore_training_state``).
 
 Every epoch reseeds the RNGs from (seed, epoch, rank), so a run killed at any moment and
 resumed from ``last.pth`` trains the interrupted epoch exactly as the uninterrupted run would.
@@ -21,12 +23,13 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from models.checkpoint import strip_wrapper_prefixes
+from models.checkpoint import read_checkpoint, strip_wrapper_prefixes, unwrap
+from utils.cli import UsageError
 
 
 def seed_everything(seed: int) -> None:
@@ -177,3 +180,104 @@ def optimizer_state_by_name(saved: Mapping[str, Any], saved_order: Sequence[str]
     dropped.extend(saved_states)
     restored_group = {**saved_group, "params": list(range(len(group["params"])))}
     return {"state": state, "param_groups": [restored_group]}, dropped
+
+
+# ----------------------------------------------------------------------------- where a run starts
+
+
+@dataclass
+class StartPoint:
+    """Where a run starts, decided once from the options and the run folder (``plan_start``)."""
+
+    epoch: int  # the first epoch to train
+    source: Path | None = None  # the checkpoint the network comes from (None: a new network)
+    checkpoint: dict[str, Any] | None = None  # that checkpoint, read
+    restore: bool = False  # also restore its optimiser, tables, RNG states and history
+    interrupted: InterruptedEpoch | None = None  # the preempted epoch this run continues
+    notes: list[str] = field(default_factory=list)  # what the log should say about it
+
+
+def resume_source(args: argparse.Namespace, logdir: Path, notes: list[str]) -> Path | None:
+    """The checkpoint to continue from: ``<logdir>/last.pth`` when there is one (unless
+    ``--restart``), else ``--resume`` (a run folder meaning its ``last.pth``)."""
+    last = logdir / "last.pth"
+    if last.is_file() and not args.restart:
+        if args.resume is not None and args.resume.resolve() != last.resolve():
+            notes.append(f"{last} exists: continuing this run from it instead of --resume {args.resume} "
+                         "(pass --restart to start over)")
+        return last
+    resume = args.resume
+    if resume is not None and resume.is_dir():  # a run's folder: its latest checkpoint
+        resume = resume / "last.pth"
+    return resume
+
+
+def plan_start(args: argparse.Namespace, logdir: Path) -> StartPoint:
+    """The whole resume policy: ``--finetune_from`` (weights, shallow extractor trained), then
+    ``<logdir>/last.pth`` or ``--resume`` (weights and, for the project's checkpoints, the
+    training state; the released ``--is_freeze`` takes the weights only), else a new network.
+    The first epoch is ``--start_epoch`` when given, else the one after the checkpoint's."""
+    notes: list[str] = []
+    default_start = 1 if args.phase == 1 else args.phase1_epochs + 1
+    if args.phase == 2 and args.finetune_from is None and args.resume is None \
+            and not (logdir / "last.pth").is_file():
+        notes.append("WARNING: phase 2 without --resume starts from random weights, not from a phase-1 network "
+                     "(pass --resume <phase-1 checkpoint or run folder>)")
+    if args.finetune_from is not None:
+        notes.append(f"weights from {args.finetune_from}")
+        return StartPoint(args.start_epoch or default_start, args.finetune_from,
+                          read_checkpoint(args.finetune_from), notes=notes)
+    path = resume_source(args, logdir, notes)
+    if path is None:
+        return StartPoint(args.start_epoch or default_start, notes=notes)
+    data = read_checkpoint(path)
+    if args.is_freeze and path != logdir / "last.pth":  # the released fine-tuning: weights only
+        notes.append(f"weights from {path}; fine-tuning from epoch {args.start_epoch or 1}")
+        return StartPoint(args.start_epoch or 1, path, data, notes=notes)
+    notes.append(f"resumed weights from {path}")
+    start = args.start_epoch or max(int(data.get("epoch", 0)) + 1, default_start)
+    if args.phase == 2 and start <= args.phase1_epochs:
+        raise UsageError(f"phase 2 trains epochs {args.phase1_epochs + 1}-{args.epochs}; start epoch {start} "
+                         "belongs to phase 1 (use train_phase1.py, or a later --start_epoch)")
+    return StartPoint(start, path, data, restore="optimizer" in data,
+                      interrupted=interrupted_epoch(data, path, start, notes), notes=notes)
+
+
+def interrupted_epoch(data: Mapping[str, Any], path: Path, start: int, notes: list[str]) -> InterruptedEpoch | None:
+    """The preempted epoch of ``data`` to continue, when the run starts at that epoch."""
+    if "interrupted" not in data or "optimizer" not in data:
+        return None
+    interrupted = InterruptedEpoch.from_dict(data["interrupted"])
+    if interrupted.epoch != start:
+        notes.append(f"note: {path} stopped after step {interrupted.step} of epoch {interrupted.epoch}; this run "
+                     f"starts at epoch {start} and does not continue that epoch")
+        return None
+    return interrupted
+
+
+def restore_training_state(data: Mapping[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                           tables: Any, scaler: Any, log: Callable[[str], None]) -> RunState:
+    """Load a checkpoint's optimiser (re-keyed by name for a released one), segment tables, RNG
+    states and scaler, and return its run history (the scheduler is rebuilt for the start epoch:
+    the learning rate is a function of the epoch)."""
+    try:
+        if is_released_checkpoint(data):  # its Adam state is in the released network's parameter order
+            names = {p: n for n, p in unwrap(model).named_parameters()}
+            order = parameter_order(data["state_dict"], set(names.values()))
+            state, dropped = optimizer_state_by_name(data["optimizer"], order, optimizer, names)
+            if dropped:
+                log(f"note: no optimiser state restored for {len(dropped)} parameter(s) "
+                    f"({', '.join(dropped[:3])}{', …' if len(dropped) > 3 else ''})")
+            optimizer.load_state_dict(state)
+        else:
+            optimizer.load_state_dict(data["optimizer"])
+    except (ValueError, KeyError, IndexError) as err:
+        log(f"note: optimiser state not restored ({err}); starting Adam afresh")
+    if "tables" in data:
+        tables.load_state_dict(data["tables"])
+    if "rng" in data:
+        restore_rng_states(data["rng"])
+    if "scaler" in data and scaler is not None:
+        scaler.load_state_dict(data["scaler"])
+    return RunState(int(data.get("epoch", 0)), float(data.get("best_psnr_mu", -math.inf)),
+                    list(data.get("history", [])))

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import math
 import sys
 import threading
 import time
@@ -49,7 +48,6 @@ from evaluation.tables import mean_metrics
 from models.checkpoint import (
     atomic_save,
     model_from_checkpoint,
-    read_checkpoint,
     unwrap,
 )
 from models.inference import (
@@ -79,13 +77,13 @@ from training.resume import (
     InterruptedEpoch,
     PreemptionSignals,
     RunState,
+    StartPoint,
     epoch_seed,
     ignore_preemption_signals,
-    is_released_checkpoint,
-    optimizer_state_by_name,
-    parameter_order,
     plain_args,
+    plan_start,
     restore_rng_states,
+    restore_training_state,
     rng_states,
     seed_everything,
 )
@@ -475,6 +473,53 @@ def metric_guided_update(model: nn.Module, scenes: HDRFullImageDataset, tables: 
 # ----------------------------------------------------------------------------- the run
 
 
+def build_datasets(args: argparse.Namespace
+                   ) -> tuple[HDRTrainDataset, HDRFullImageDataset, HDRFullImageDataset | None]:
+    """The training crops, the whole training scenes (for the metric-guided update) and the test
+    scenes (None with ``--test_path none``)."""
+    layout, cache = scene_layout(args), cache_mode(args)
+    train_set = HDRTrainDataset(args.dataset_dir, args.train_path, args.train_patch_size, args.repeat,
+                                with_masks=True, cache=cache, layout=layout, encoded=True)
+    guided_set = HDRFullImageDataset(args.dataset_dir, args.train_path, with_masks=True, cache=cache, layout=layout)
+    if args.test_path.lower() == "none":
+        return train_set, guided_set, None
+    if not (Path(args.dataset_dir) / args.test_path).is_dir():
+        raise UsageError(f"--test_path {args.test_path}: no folder {Path(args.dataset_dir) / args.test_path}; "
+                         "pass --test_path none to train without evaluating (and without best.pth)")
+    return train_set, guided_set, HDRFullImageDataset(args.dataset_dir, args.test_path, cache=cache, layout=layout)
+
+
+def build_model(args: argparse.Namespace, start: StartPoint, log: Callable[[str], None]) -> SMNet:
+    """The network (on the CPU): from the options for a new run, else shaped and filled by the
+    start's checkpoint (the command line's network options then only choose training options)."""
+    config = model_config(args)
+    if start.checkpoint is None:
+        model = SMNet(**config)
+        if args.init_weights:
+            init_released_weights(model)
+        return model
+    training_choices = {key: value for key, value in config.items() if key not in ARCHITECTURE_KEYS}
+    model = model_from_checkpoint(start.checkpoint, start.source, **training_choices)
+    differs = {key: model.config.get(key) for key in ARCHITECTURE_KEYS
+               if key in config and config[key] != model.config.get(key)}
+    if differs:
+        log(f"network shape from {start.source}: {differs} (the command line's network options are ignored)")
+    return model
+
+
+def build_optimizer(model: nn.Module, args: argparse.Namespace, log: Callable[[str], None]
+                    ) -> tuple[torch.optim.Adam, float]:
+    """Adam over the trainable parameters, and their share of all: everything, or only the shallow
+    extractor when fine-tuning (``--finetune_from``, the released ``--is_freeze``)."""
+    share = 1.0
+    if args.finetune_from is not None or args.is_freeze:
+        prefixes = SHALLOW_EXTRACTOR if args.finetune_from is not None else RELEASED_FREEZE
+        share = freeze_all_but_shallow_extractor(model, prefixes)
+        log(f"fine-tuning: only {prefixes[0].rstrip('.')} is trained ({100 * share:.2f} % of the parameters)")
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.Adam(parameters, lr=args.lr, betas=(0.9, 0.999), eps=1e-8), share
+
+
 class Trainer:
     """Builds everything from parsed options and runs the epochs of one phase."""
 
@@ -510,17 +555,7 @@ class Trainer:
         self._last_mask_map: torch.Tensor | None = None  # for TensorBoard
         self._first_test_scene: tuple[Mapping[str, Any], torch.Tensor] | None = None
 
-        layout, cache = scene_layout(args), cache_mode(args)
-        self.train_set = HDRTrainDataset(args.dataset_dir, args.train_path, args.train_patch_size, args.repeat,
-                                         with_masks=True, cache=cache, layout=layout, encoded=True)
-        self.guided_set = HDRFullImageDataset(args.dataset_dir, args.train_path, with_masks=True, cache=cache,
-                                              layout=layout)
-        self.test_set = None
-        if args.test_path.lower() != "none":
-            if not (Path(args.dataset_dir) / args.test_path).is_dir():
-                raise UsageError(f"--test_path {args.test_path}: no folder {Path(args.dataset_dir) / args.test_path}; "
-                                 "pass --test_path none to train without evaluating (and without best.pth)")
-            self.test_set = HDRFullImageDataset(args.dataset_dir, args.test_path, cache=cache, layout=layout)
+        self.train_set, self.guided_set, self.test_set = build_datasets(args)
         progress = not args.no_progress and self.process.is_main
         self._fill_scene_caches_per_node(progress)
         self.tables = SegmentTables(segment_ids_in_use(self.guided_set, args.train_patch_size, progress),
@@ -532,24 +567,22 @@ class Trainer:
 
         seed_everything(args.seed)
         self.loss_fn = build_loss(args.le_lambda, args.vgg_weights, args.linear_lambda).to(self.device)
-        start_epoch = self._load_initial_weights()
-        self._check_same_start(start_epoch)
+        start = plan_start(args, self.logdir)
+        self.model = build_model(args, start, self.log).to(self.device)
+        for note in start.notes:
+            self.log(note)
+        self._interrupted = start.interrupted
+        self._check_same_start(start.epoch)
         check_exposure_counts(self.model, {args.train_path: self.train_set, args.test_path: self.test_set})
-        self.trainable_share = 1.0
-        if args.finetune_from is not None or args.is_freeze:
-            prefixes = SHALLOW_EXTRACTOR if args.finetune_from is not None else RELEASED_FREEZE
-            self.trainable_share = freeze_all_but_shallow_extractor(self.model, prefixes)
-            self.log(f"fine-tuning: only {prefixes[0].rstrip('.')} is trained "
-                     f"({100 * self.trainable_share:.2f} % of the parameters)")
-        parameters = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(parameters, lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
+        self.optimizer, self.trainable_share = build_optimizer(self.model, args, self.log)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp == "fp16" else None
-        if self._resume_data is not None:
-            self._restore_training_state(self._resume_data)
+        if start.restore:
+            self.state = restore_training_state(start.checkpoint, self.model, self.optimizer, self.tables,
+                                                self.scaler, self.log)
         # built after the optimiser state is restored: the learning rate is a function of the epoch
         self.scheduler = build_lr_scheduler(self.optimizer, args.lr, args.lr_min, args.phase1_epochs, args.epochs,
-                                            start_epoch=start_epoch)
-        self.start_epoch = start_epoch
+                                            start_epoch=start.epoch)
+        self.start_epoch = start.epoch
         self.train_model = self._wrap(self.model)
         if self.process.is_main:
             self.writer = TensorBoardLog(self.logdir / "tensorboard", self.log)
@@ -644,105 +677,6 @@ class Trainer:
             # norm1_y of every block is never used by the released network (docs/METHOD.md).
             model = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
         return model
-
-    def _resume_path(self) -> Path | None:
-        last = self.logdir / "last.pth"
-        if last.is_file() and not self.args.restart:
-            if self.args.resume is not None and self.args.resume.resolve() != last.resolve():
-                self.log(f"{last} exists: continuing this run from it instead of --resume {self.args.resume} "
-                         "(pass --restart to start over)")
-            return last
-        resume = self.args.resume
-        if resume is not None and resume.is_dir():  # a run's folder: its latest checkpoint
-            resume = resume / "last.pth"
-        return resume
-
-    def _build_model(self, source: Path | None) -> dict[str, Any] | None:
-        """The network, with its shape from ``source``'s checkpoint when there is one (the
-        network options then only matter for a fresh start); returns the checkpoint dict."""
-        config = model_config(self.args)
-        if source is None:
-            self.model = SMNet(**config).to(self.device)
-            if self.args.init_weights:
-                init_released_weights(self.model)
-            return None
-        data = read_checkpoint(source)
-        training_choices = {key: value for key, value in config.items() if key not in ARCHITECTURE_KEYS}
-        self.model = model_from_checkpoint(data, source, **training_choices).to(self.device)
-        differs = {key: self.model.config.get(key) for key in ARCHITECTURE_KEYS
-                   if key in config and config[key] != self.model.config.get(key)}
-        if differs:
-            self.log(f"network shape from {source}: {differs} (the command line's network options are ignored)")
-        return data
-
-    def _load_initial_weights(self) -> int:
-        """Build the network from --finetune_from, the checkpoint to resume, or the options;
-        returns the first epoch to train."""
-        args = self.args
-        self._resume_data: dict[str, Any] | None = None
-        self._interrupted: InterruptedEpoch | None = None
-        default_start = 1 if args.phase == 1 else args.phase1_epochs + 1
-        if args.phase == 2 and args.finetune_from is None and args.resume is None \
-                and not (self.logdir / "last.pth").is_file():
-            self.log("WARNING: phase 2 without --resume starts from random weights, not from a phase-1 network "
-                     "(pass --resume <phase-1 checkpoint or run folder>)")
-        if args.finetune_from is not None:
-            self._build_model(args.finetune_from)
-            self.log(f"weights from {args.finetune_from}")
-            return args.start_epoch or default_start
-        path = self._resume_path()
-        data = self._build_model(path)
-        if data is None:
-            return args.start_epoch or default_start
-        if args.is_freeze and path != self.logdir / "last.pth":  # the released fine-tuning: weights only
-            self.log(f"weights from {path}; fine-tuning from epoch {args.start_epoch or 1}")
-            return args.start_epoch or 1
-        self.log(f"resumed weights from {path}")
-        if "optimizer" in data:
-            self._resume_data = data
-        saved_epoch = int(data.get("epoch", 0))
-        start = args.start_epoch or max(saved_epoch + 1, default_start)
-        if args.phase == 2 and start <= args.phase1_epochs:
-            raise UsageError(f"phase 2 trains epochs {args.phase1_epochs + 1}-{args.epochs}; start epoch {start} "
-                             "belongs to phase 1 (use train_phase1.py, or a later --start_epoch)")
-        self._interrupted = self._interrupted_epoch(data, path, start)
-        return start
-
-    def _interrupted_epoch(self, data: Mapping[str, Any], path: Path, start: int) -> InterruptedEpoch | None:
-        """The preempted epoch of ``data`` to continue, when the run starts at that epoch."""
-        if "interrupted" not in data or "optimizer" not in data:
-            return None
-        interrupted = InterruptedEpoch.from_dict(data["interrupted"])
-        if interrupted.epoch != start:
-            self.log(f"note: {path} stopped after step {interrupted.step} of epoch {interrupted.epoch}; this run "
-                     f"starts at epoch {start} and does not continue that epoch")
-            return None
-        return interrupted
-
-    def _restore_training_state(self, data: Mapping[str, Any]) -> None:
-        """Optimiser, tables, RNG and run history of a project checkpoint (the scheduler is
-        rebuilt for the start epoch: the learning rate is a function of the epoch)."""
-        try:
-            if is_released_checkpoint(data):  # its Adam state is in the released network's parameter order
-                names = {p: n for n, p in unwrap(self.model).named_parameters()}
-                order = parameter_order(data["state_dict"], set(names.values()))
-                state, dropped = optimizer_state_by_name(data["optimizer"], order, self.optimizer, names)
-                if dropped:
-                    self.log(f"note: no optimiser state restored for {len(dropped)} parameter(s) "
-                             f"({', '.join(dropped[:3])}{', …' if len(dropped) > 3 else ''})")
-                self.optimizer.load_state_dict(state)
-            else:
-                self.optimizer.load_state_dict(data["optimizer"])
-        except (ValueError, KeyError, IndexError) as err:
-            self.log(f"note: optimiser state not restored ({err}); starting Adam afresh")
-        if "tables" in data:
-            self.tables.load_state_dict(data["tables"])
-        if "rng" in data:
-            restore_rng_states(data["rng"])
-        if "scaler" in data and self.scaler is not None:
-            self.scaler.load_state_dict(data["scaler"])
-        self.state = RunState(int(data.get("epoch", 0)), float(data.get("best_psnr_mu", -math.inf)),
-                              list(data.get("history", [])))
 
     # -- checkpoints
 
