@@ -22,7 +22,7 @@ from evaluation.baselines import debevec_baseline, reference_exposure_baseline
 from utils.image_io import read_hdr, read_ldr
 from evaluation.metrics import psnr_l, psnr_mu, ssim_l, ssim_mu
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "tiny_n3_32x32.pth"
 SIZE = (64, 96)
 SCENES = ("scene_0001", "scene_0002")

@@ -22,7 +22,7 @@ from evaluation import predict
 from evaluation.metrics import psnr_mu
 from utils.image_io import read_hdr, write_ldr
 
-DEMO_CHECKPOINT = Path(__file__).resolve().parents[1] / "pretrain_model" / "demo_smnet.pth"
+DEMO_CHECKPOINT = Path(__file__).resolve().parents[2] / "pretrain_model" / "demo_smnet.pth"
 SIZE = (128, 160)
 STOPS = (0.0, 2.0, 4.0)
 CURVE_TOLERANCE = 0.05

@@ -25,7 +25,7 @@ from training.resume import parameter_order
 from training.trainer import RELEASED_FREEZE, Trainer, freeze_all_but_shallow_extractor
 from utils.image_io import read_ldr, write_ldr
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RELEASED_KEYS = [line.split("\t") for line in (ROOT / "tests" / "fixtures" / "smnet_state_dict.tsv").read_text()
                  .splitlines() if line and not line.startswith("#")]
 

@@ -26,7 +26,7 @@ from segmask.segment import (
 )
 from utils.image_io import read_ldr_uint8
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def rect_mask(shape, top, left, bottom, right, area=None):

@@ -3,7 +3,7 @@ and end with equal weights; each node has its own copy of the data (nodes share 
 local rank 0 fills that copy's scene cache while the node's other ranks wait, and only global
 rank 0 writes checkpoints and logs.
 
-Run as a script (``python tests/test_multinode.py worker …``), this file is the training
+Run as a script (``python tests/training/test_multinode.py worker …``), this file is the training
 process that torchrun or the test starts."""
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RUN = ["--preset", "tiny", "--train_patch_size", "32", "--batch_size", "2", "--repeat", "4", "--num_workers", "0",
        "--no_progress", "--test_path", "none", "--embed_dim", "12", "--depths", "1", "1", "--num_heads", "2", "2",
        "--phase1_epochs", "2", "--epochs", "2", "--metric_guided_interval", "1", "--device", "cpu"]

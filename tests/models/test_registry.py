@@ -46,7 +46,7 @@ def test_the_training_command_line_names_the_network(tmp_path, argv, expected):
 def test_the_demo_recipe_files_give_the_recipe(tmp_path, monkeypatch):
     from pathlib import Path
 
-    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the recipe names its files from the repository root
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])  # the recipe names its files from the repository root
     base = ["--dataset_dir", str(tmp_path), "--logdir", str(tmp_path / "run")]
     one = parse_args(1, ["@pretrain_model/demo_recipe/phase1.args", *base])
     two = parse_args(2, ["@pretrain_model/demo_recipe/phase2.args", *base])

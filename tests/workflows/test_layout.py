@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 FLOORS = {
     "utils": 0,
@@ -88,3 +88,12 @@ def test_readme_layout_table_matches_the_tree() -> None:
     top = {name.split("/")[0] + ("/" if "/" in name else "") for name in tracked if not name.startswith(".")}
     top = {name for name in top if name.endswith("/") or name.endswith(".py")}
     assert listed == top, f"README lists {sorted(listed - top)} not in the tree; misses {sorted(top - listed)}"
+
+
+def test_tests_mirror_the_packages() -> None:
+    """Every test file sits in the folder of the package it tests, or with the cross-package ones
+    (``reliability/``: each command's refusals and failures; ``workflows/``: whole pipelines)."""
+    homes = set(FLOORS) | {"reliability", "workflows"}
+    misplaced = [str(path.relative_to(ROOT)) for path in sorted((ROOT / "tests").rglob("test_*.py"))
+                 if path.parent.parent != ROOT / "tests" or path.parent.name not in homes]
+    assert not misplaced, f"test files outside tests/<package>/, tests/reliability/ or tests/workflows/: {misplaced}"

@@ -13,7 +13,7 @@ import pytest
 from datasets.synthetic import render_scene
 from evaluation import predict
 
-CHECKPOINT = Path(__file__).parent / "fixtures" / "tiny_n3_32x32.pth"
+CHECKPOINT = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_n3_32x32.pth"
 
 
 def write_bracket(folder: Path, ldrs: np.ndarray, stops: str | None = "0\n2\n4\n") -> Path:

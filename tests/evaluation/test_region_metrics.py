@@ -31,7 +31,7 @@ from evaluation.regions import (
 from utils.image_io import read_ldr
 from utils.tonemap import GAMMA, mu_tonemap
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "tiny_n3_32x32.pth"
 STOPS = (0.0, 2.0, 4.0)
 EXACT = RegionSettings(clip_dilation=0, motion_dilation=0, align_radius=0, median_size=1)

@@ -15,7 +15,7 @@ from datasets.synthetic import render_scene
 from models.checkpoint import load_model
 from models.inference import blend_weights_1d, pad_to_multiple, reconstruct, reconstruct_tiled, tile_starts
 
-FIXTURE = Path(__file__).parent / "fixtures" / "tiny_n3_32x32.pth"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_n3_32x32.pth"
 EXPOSURES = 3
 
 

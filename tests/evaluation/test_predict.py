@@ -24,7 +24,7 @@ from models.inference import reconstruct
 from models.smnet import SMNet
 from utils.image_io import read_hdr, write_hdr, write_ldr
 
-CHECKPOINT = Path(__file__).parent / "fixtures" / "tiny_n3_32x32.pth"
+CHECKPOINT = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_n3_32x32.pth"
 SIZE = (37, 53)  # odd on purpose
 
 

@@ -11,7 +11,7 @@ from datasets.synthetic import make_dataset
 from models.checkpoint import load_model, read_checkpoint
 from evaluation.evaluate import evaluate_baselines, evaluate_scenes
 
-DEMO_CHECKPOINT = Path(__file__).resolve().parents[1] / "pretrain_model" / "demo_smnet.pth"
+DEMO_CHECKPOINT = Path(__file__).resolve().parents[2] / "pretrain_model" / "demo_smnet.pth"
 
 
 def test_demo_checkpoint_is_small_and_weights_only():

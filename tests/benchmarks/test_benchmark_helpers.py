@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from benchmarks.common import count_flops
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_fused_attention_on_the_cpu_is_counted() -> None:

@@ -28,8 +28,8 @@ from models.window_attention import (
     window_partition,
 )
 
-FIXTURES = Path(__file__).parent / "fixtures"
-SHARED_REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+SHARED_REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference"
 TINY = dict(embed_dim=12, depths=(2, 2), num_heads=(2, 2), window_size=8)
 
 

@@ -17,7 +17,7 @@ from models.checkpoint import load_model
 from models.inference import InferenceSettings, reconstruct, reconstruct_tiled
 from utils.image_io import read_hdr, write_hdr, write_ldr
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CHECKPOINT = ROOT / "tests" / "fixtures" / "tiny_n3_32x32.pth"
 STOPS = (0.0, 2.0, 4.0)
 

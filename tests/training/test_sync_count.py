@@ -23,7 +23,7 @@ from training import trainer as trainer_module
 from training.options import parse_args
 from utils.cli import RunFailed
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HOST_READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__", "__format__")
 RUN = ["--preset", "tiny", "--train_patch_size", "32", "--batch_size", "2", "--num_workers", "2",
        "--test_path", "none", "--embed_dim", "12", "--depths", "1", "1", "--num_heads", "2", "2",

@@ -12,7 +12,7 @@ from benchmarks.released_forward import released_forward
 from models.checkpoint import load_model
 from models.smnet import SMNet
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 @pytest.mark.parametrize("io_path", sorted(FIXTURES.glob("*.io.pt")), ids=lambda p: p.name)
