@@ -332,15 +332,18 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     spread = parser.add_argument_group("scene spread (defaults: the benchmark-like scenes)")
     defaults = SceneSpread()
     spread.add_argument("--clipped", type=float, nargs=2, metavar=("LOW", "HIGH"), default=list(defaults.clipped),
-                        help="fraction of the reference exposure clipped")
+                        help=f"fraction of the reference exposure clipped (default: {defaults.clipped[0]:g} {defaults.clipped[1]:g})")
     spread.add_argument("--objects", type=int, nargs=2, metavar=("MIN", "MAX"), default=list(defaults.objects),
-                        help="moving objects per scene (0 0: a static scene)")
+                        help=f"moving objects per scene, 0 0 for a static scene (default: {defaults.objects[0]} {defaults.objects[1]})")
     spread.add_argument("--object_size", type=float, nargs=2, metavar=("LOW", "HIGH"),
-                        default=list(defaults.object_size), help="object side over the image's short side")
+                        default=list(defaults.object_size),
+                        help=f"object side over the image's short side (default: {defaults.object_size[0]:g} "
+                             f"{defaults.object_size[1]:g})")
     spread.add_argument("--speed", type=float, nargs=2, metavar=("LOW", "HIGH"), default=list(defaults.speed),
-                        help="object motion per exposure step over the image's short side")
+                        help=f"object motion per exposure step over the image's short side (default: "
+                             f"{defaults.speed[0]:g} {defaults.speed[1]:g})")
     spread.add_argument("--shake", type=float, default=defaults.shake,
-                        help="largest camera shake over the image's short side (0: a tripod)")
+                        help=f"largest camera shake over the image's short side, 0 for a tripod (default: {defaults.shake:g})")
     args = parser.parse_args(argv)
     for name in ("clipped", "object_size", "speed"):
         low, high = getattr(args, name)

@@ -133,12 +133,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--pretrained_model", type=Path, required=True, help="checkpoint to score")
     parser.add_argument("--out", type=Path, default=Path("held_out"),
                         help="folder for the generated sets, test.py's results and held_out.csv")
-    parser.add_argument("--sets", nargs="+", choices=sorted(HELD_OUT_SETS), default=list(HELD_OUT_SETS),
-                        help="which sets (default: all)")
+    parser.add_argument("--sets", nargs="+", choices=list(HELD_OUT_SETS), default=list(HELD_OUT_SETS), metavar="NAME",
+                        help=f"which sets, of {', '.join(HELD_OUT_SETS)} (default: all)")
     parser.add_argument("--device", default="cpu", help="device for test.py")
-    parser.add_argument("--goal", type=float, nargs=3, default=(0.5, 1.0, 5.0), metavar=("MU", "L", "RATIO"),
+    parser.add_argument("--goal", type=float, nargs=3, default=[0.5, 1.0, 5.0], metavar=("MU", "L", "RATIO"),
                         help="margins the goal lines check: dB over the reference (PSNR-μ), dB over the better "
-                             "baseline (PSNR-l), largest static error ratio")
+                             "baseline (PSNR-l), largest static error ratio (default: 0.5 1 5)")
     parser.add_argument("--debug", action="store_true", help="full tracebacks instead of one-line errors")
     return parser.parse_args(argv)
 

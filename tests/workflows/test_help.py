@@ -5,8 +5,9 @@ import re
 
 import pytest
 
+from datasets import real_scenes
 from evaluation import cli as test_cli
-from evaluation import predict
+from evaluation import held_out, predict
 from segmask import segment
 from training.options import parse_args as training_args
 
@@ -16,6 +17,8 @@ COMMANDS = {
     "test.py": lambda: test_cli.parse_args(["--help"]),
     "predict.py": lambda: predict.parse_args(["--help"]),
     "segment.py": lambda: segment.parse_args(["--help"]),
+    "datasets.real_scenes": lambda: real_scenes.parse_args(["--help"]),
+    "evaluation.held_out": lambda: held_out.parse_args(["--help"]),
 }
 
 
