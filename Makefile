@@ -8,7 +8,7 @@ DEMO_DIR ?= demo_output
 #   make demo SAM_CHECKPOINT=pretrain_model/sam_vit_h_4b8939.pth
 SAM_CHECKPOINT ?=
 SEGMENT_ARGS = $(if $(SAM_CHECKPOINT),--mode sam --sam_checkpoint $(SAM_CHECKPOINT),--mode superpixel)
-DEMO_TRAIN_ARGS = --dataset_dir $(DEMO_DIR)/data --preset tiny --train_patch_size 96 --batch_size 8 --repeat 8 \
+DEMO_TRAIN_ARGS = --dataset_dir $(DEMO_DIR)/data --preset tiny --reference_residual --train_patch_size 96 --batch_size 8 --repeat 8 \
 	--phase1_epochs 12 --epochs 16 --metric_guided_interval 4 --test_interval 4 --num_workers 0 --seed 0
 
 # The shipped demo checkpoint (pretrain_model/demo_smnet.pth): the project's recipe, tiny network,

@@ -52,5 +52,5 @@ def test_the_demo_recipe_files_give_the_recipe(tmp_path, monkeypatch):
     two = parse_args(2, ["@pretrain_model/demo_recipe/phase2.args", *base])
     for args in (one, two):
         assert (args.model, args.embed_dim, args.train_patch_size, args.batch_size, args.phase1_epochs, args.epochs,
-                args.seed, args.num_workers) == ("smnet_tiny", 24, 96, 8, 48, 64, 1, 0)
+                args.seed, args.num_workers, args.reference_residual) == ("smnet_tiny", 24, 96, 8, 20, 28, 1, 0, True)
     assert (one.repeat, one.linear_lambda) == (6, 0.0) and (two.repeat, two.linear_lambda) == (10, 1.0)
