@@ -11,9 +11,10 @@ SEGMENT_ARGS = $(if $(SAM_CHECKPOINT),--mode sam --sam_checkpoint $(SAM_CHECKPOI
 DEMO_TRAIN_ARGS = --dataset_dir $(DEMO_DIR)/data --preset tiny --reference_residual --train_patch_size 96 --batch_size 8 --repeat 8 \
 	--phase1_epochs 12 --epochs 16 --metric_guided_interval 4 --test_interval 4 --num_workers 0 --seed 0
 
-# The shipped demo checkpoint (pretrain_model/demo_smnet.pth): the project's recipe, tiny network,
-# on scenes made from the real radiance maps of datasets/radiance (seed 1, training colours varied),
-# phase 2 with the linear-radiance loss term, two CPU threads: about 90 minutes
+# The shipped demo checkpoint (pretrain_model/demo_smnet.pth): the project's recipe, tiny
+# reference-residual network, on scenes made from the real radiance maps of datasets/radiance
+# (seed 1, training colours varied), phase 2 with the linear-radiance loss term and without the
+# per-segment loss weights: about 70 minutes on one CPU thread
 # (pretrain_model/README.md has the learning curve). The training options are the recipe files
 # pretrain_model/demo_recipe/phase{1,2}.args.
 CKPT_DIR ?= demo_checkpoint_run
