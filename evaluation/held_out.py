@@ -58,6 +58,10 @@ HELD_OUT_SETS: dict[str, HeldOutSet] = {
                                note="2-4 objects of 25-45 % of the short side, 10-18 % per step, 3 % shake"),
     "all_harder": HeldOutSet(8004, 8, (320, 448), spacings=(3.0, 4.0),
                              spread=SceneSpread(clipped=(0.15, 0.25), **HARDER), note="all three at once"),
+    "wide_stops_b": HeldOutSet(8101, 8, (256, 320), spacings=(3.0, 4.0),
+                               note="as wide_stops, other scenes, made after training on wider spacings began"),
+    "all_harder_b": HeldOutSet(8104, 8, (320, 448), spacings=(3.0, 4.0),
+                               spread=SceneSpread(clipped=(0.15, 0.25), **HARDER), note="as all_harder, other scenes"),
 }
 """The sets by name (``--sets``); a set's scenes depend only on its entry."""
 
