@@ -166,5 +166,5 @@ def sample_exposures(sample: Mapping[str, object]) -> tuple[list[np.ndarray], li
 
 def reference_ldr(sample: Mapping[str, object]) -> np.ndarray:
     """The reference (middle) exposure of a sample as H×W×3 float32 in [0, 1]."""
-    ldrs = torch.as_tensor(sample["ldrs"])
-    return ldrs[len(ldrs) // 2].permute(1, 2, 0).numpy()
+    ldrs, _ = sample_exposures(sample)
+    return ldrs[len(ldrs) // 2]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import io
 import json
 import math
@@ -26,6 +25,7 @@ from typing import Any, Optional, Sequence
 
 from datasets.real_scenes import SceneSpread, make_real_dataset
 from evaluation.evaluate import BASELINE_TITLES
+from evaluation.tables import METHOD_KEY, format_table, write_rows_csv
 from evaluation.cli import main as test_main
 from utils.cli import HelpFormatter, UsageError, run_cli
 
@@ -66,7 +66,6 @@ HELD_OUT_SETS: dict[str, HeldOutSet] = {
 """The sets by name (``--sets``); a set's scenes depend only on its entry."""
 
 NETWORK = "network"
-COLUMNS = ("set", "scenes", "method", "psnr_mu", "psnr_l", "static_psnr_mu", "static_error_ratio")
 
 
 def make_set(folder: Path, spec: HeldOutSet) -> None:
@@ -98,21 +97,9 @@ def set_rows(name: str, summary: dict[str, Any]) -> list[dict[str, Any]]:
     for method, (means, region_means) in by_method.items():
         static = region_means["static"]["psnr_mu"]
         ratio = 10 ** ((reference_static - static) / 10) if math.isfinite(static) else math.nan
-        rows.append(dict(set=name, scenes=summary["num_scenes"], method=method, psnr_mu=means["psnr_mu"],
-                         psnr_l=means["psnr_l"], static_psnr_mu=static, static_error_ratio=ratio))
+        rows.append({METHOD_KEY: method, "set": name, "scenes": summary["num_scenes"], "psnr_mu": means["psnr_mu"],
+                     "psnr_l": means["psnr_l"], "static_psnr_mu": static, "static_error_ratio": ratio})
     return rows
-
-
-def format_rows(rows: Sequence[dict[str, Any]]) -> str:
-    """The table as aligned text (PSNRs to 2 decimals, the ratio to 1)."""
-    def cell(key: str, value: Any) -> str:
-        if isinstance(value, float):
-            return f"{value:.1f}" if key == "static_error_ratio" else f"{value:.2f}"
-        return str(value)
-
-    table = [list(COLUMNS)] + [[cell(key, row[key]) for key in COLUMNS] for row in rows]
-    widths = [max(len(line[i]) for line in table) for i in range(len(COLUMNS))]
-    return "\n".join("  ".join(text.ljust(width) for text, width in zip(line, widths)).rstrip() for line in table)
 
 
 def goal_lines(rows: Sequence[dict[str, Any]], mu_margin: float, l_margin: float, max_ratio: float) -> list[str]:
@@ -161,12 +148,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             rows += set_rows(name, summary)
             print(f"== {name}: {spec.count} × {spec.size[0]}×{spec.size[1]}" + (f" ({spec.note})" if spec.note else ""),
                   flush=True)
-        print(format_rows(rows))
+        print(format_table(rows, METHOD_KEY, with_mean=False))
         print("\n".join(goal_lines(rows, *args.goal)))
-        with open(args.out / "held_out.csv", "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
+        write_rows_csv(args.out / "held_out.csv", rows, METHOD_KEY)
         return 0
 
     return run_cli(run, args.debug)

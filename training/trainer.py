@@ -500,8 +500,8 @@ def build_model(args: argparse.Namespace, start: StartPoint, log: Callable[[str]
         return model
     training_choices = {key: value for key, value in config.items() if key not in ARCHITECTURE_KEYS}
     model = model_from_checkpoint(start.checkpoint, start.source, **training_choices)
-    differs = {key: model.config.get(key) for key in ARCHITECTURE_KEYS
-               if key in config and config[key] != model.config.get(key)}
+    differs = {key: model.config.get(key, False) for key in ARCHITECTURE_KEYS  # False: an option off, so unrecorded
+               if key in config and config[key] != model.config.get(key, False)}
     if differs:
         log(f"network shape from {start.source}: {differs} (the command line's network options are ignored)")
     return model
