@@ -62,6 +62,11 @@ HELD_OUT_SETS: dict[str, HeldOutSet] = {
                                note="as wide_stops, other scenes, made after training on wider spacings began"),
     "all_harder_b": HeldOutSet(8104, 8, (320, 448), spacings=(3.0, 4.0),
                                spread=SceneSpread(clipped=(0.15, 0.25), **HARDER), note="as all_harder, other scenes"),
+    "wide_stops_c": HeldOutSet(8201, 8, (256, 320), spacings=(3.0, 4.0),
+                               note="as wide_stops, other scenes, made after the wide-spacing recipe was fixed"),
+    "all_harder_c": HeldOutSet(8204, 8, (320, 448), spacings=(3.0, 4.0),
+                               spread=SceneSpread(clipped=(0.15, 0.25), **HARDER),
+                               note="as all_harder, other scenes, made after the wide-spacing recipe was fixed"),
 }
 """The sets by name (``--sets``); a set's scenes depend only on its entry."""
 

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+import torch.multiprocessing as mp
+from torch.distributed import TCPStore
 
 from datasets.synthetic import make_dataset
 
@@ -28,3 +30,27 @@ def run_python() -> Callable[[str], subprocess.CompletedProcess]:
         return subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True,
                               check=False)
     return run
+
+
+@pytest.fixture
+def spawn_ranks(monkeypatch) -> Callable[..., None]:
+    """Start ``nprocs`` processes of ``fn(rank, *args)`` the way torchrun does: the launcher (this
+    test's process) serves the rendezvous store and every rank is only its client, so no rank
+    owns a server thread that it tears down while another rank still talks to it. The ranks
+    find the store through ``MASTER_ADDR``/``MASTER_PORT`` and ``WORLD_SIZE`` is ``nprocs``;
+    each sets its own ``RANK`` and ``LOCAL_RANK``.
+
+    A rank writes what the test checks to files, leaves the process group and ends with
+    ``os._exit(0)``: now and then (a few runs in a hundred on two cores) the interpreter's own
+    teardown after that aborts in C++ ("terminate called without an active exception", no Python
+    frame left), which says nothing about the training the test checks."""
+    def spawn(fn: Callable[..., None], args: tuple, nprocs: int) -> None:
+        store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+        for name, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(store.port), "WORLD_SIZE": str(nprocs),
+                            "TORCHELASTIC_USE_AGENT_STORE": "True"}.items():
+            monkeypatch.setenv(name, value)
+        try:
+            mp.spawn(fn, args=args, nprocs=nprocs)
+        finally:
+            del store
+    return spawn

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from models.checkpoint import read_checkpoint
 from utils.cli import EXIT_PREEMPTED
@@ -143,16 +141,9 @@ def test_a_signal_during_the_last_step_of_an_epoch_stops_after_its_checkpoint(sm
     assert saved["epoch"] == 1 and "interrupted" not in saved and len(calls) == 8
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _signalled_worker(rank: int, world_size: int, port: int, dataset: str, logdir: str, out: str) -> None:
+def _signalled_worker(rank: int, dataset: str, logdir: str, out: str) -> None:
     """Rank 1 gets SIGTERM during its third step; rank 0 gets nothing."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(world_size))
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     from training import trainer as trainer_module
 
@@ -169,11 +160,12 @@ def _signalled_worker(rank: int, world_size: int, port: int, dataset: str, logdi
     code = trainer_module.main(1, ["--dataset_dir", dataset, "--logdir", logdir, *RUN, "--repeat", "16",
                                    "--device", "cpu"])
     Path(out, f"rank{rank}.txt").write_text(f"{code} {len(calls)}")
+    sys.stdout.flush()
+    os._exit(0)  # see spawn_ranks (tests/conftest.py)
 
 
-def test_under_torchrun_every_rank_stops_after_the_same_step(small_dataset, tmp_path):
-    mp.spawn(_signalled_worker, args=(2, _free_port(), str(small_dataset), str(tmp_path / "run"), str(tmp_path)),
-             nprocs=2)
+def test_under_torchrun_every_rank_stops_after_the_same_step(small_dataset, tmp_path, spawn_ranks):
+    spawn_ranks(_signalled_worker, (str(small_dataset), str(tmp_path / "run"), str(tmp_path)), 2)
     assert [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)] == [f"{EXIT_PREEMPTED} 3"] * 2
     saved = read_checkpoint(tmp_path / "run" / "last.pth")
     assert saved["interrupted"]["step"] == 3 and len(saved["interrupted"]["ranks"]) == 2

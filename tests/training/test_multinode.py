@@ -102,20 +102,19 @@ def test_two_torchrun_nodes_end_with_equal_weights(dataset, tmp_path):
     assert codes != [0, 0] and "--logdir must be on a filesystem all nodes share" in logs, logs
 
 
-def _spawned_worker(rank: int, copies: list[str], logdir: str, out: str, port: int) -> None:
+def _spawned_worker(rank: int, copies: list[str], logdir: str, out: str) -> None:
     """Rank ``rank`` of 2 nodes × 2 processes, as torchrun would set it up."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank % 2),
-                      WORLD_SIZE="4", LOCAL_WORLD_SIZE="2", GROUP_RANK=str(rank // 2))
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank % 2), LOCAL_WORLD_SIZE="2", GROUP_RANK=str(rank // 2))
     worker(copies[rank // 2], logdir, out)
+    sys.stdout.flush()
+    os._exit(0)  # see spawn_ranks (tests/conftest.py)
 
 
-def test_only_each_nodes_local_rank_0_fills_its_scene_cache(dataset, tmp_path):
-    import torch.multiprocessing as mp
-
+def test_only_each_nodes_local_rank_0_fills_its_scene_cache(dataset, tmp_path, spawn_ranks):
     copies = [str(p) for p in _node_copies(dataset, tmp_path, 2)]
     out = tmp_path / "out"
     out.mkdir()
-    mp.spawn(_spawned_worker, args=(copies, str(tmp_path / "run"), str(out), _free_port()), nprocs=4)
+    spawn_ranks(_spawned_worker, (copies, str(tmp_path / "run"), str(out)), 4)
     results = _results(out, 4)
     _assert_same_weights(results)
     scenes = sorted(p.name for p in (dataset / "Training").iterdir())

@@ -9,13 +9,11 @@ crops are drawn in loader workers (their host draws from torch's RNG are not the
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from datasets.synthetic import make_dataset
 from segmask.segment import segment_split, superpixel_masks
@@ -136,25 +134,21 @@ def test_a_non_finite_step_stops_the_run_before_anything_is_saved(dataset, tmp_p
     assert not (tmp_path / "run" / "last.pth").exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _rank(rank: int, port: int, dataset: str, logdir: str, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE="2")
+def _rank(rank: int, dataset: str, logdir: str, out: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     monkeypatch = pytest.MonkeyPatch()
     gaps, _, reads = reads_between_steps(Path(dataset), Path(logdir), [*PHASE2, "--repeat", "8", "--no_progress",
                                                                        "--num_workers", "1"], monkeypatch)
+    monkeypatch.undo()
     torch.save({"gaps": gaps, "reads": reads}, Path(out) / f"rank{rank}.pt")
     torch.distributed.destroy_process_group()
+    sys.stdout.flush()
+    os._exit(0)  # see spawn_ranks (tests/conftest.py)
 
 
-def test_under_torchrun_each_step_reads_only_the_agreement(dataset, tmp_path):
-    mp.spawn(_rank, args=(_free_port(), str(dataset), str(tmp_path / "run"), str(tmp_path)), nprocs=2)
+def test_under_torchrun_each_step_reads_only_the_agreement(dataset, tmp_path, spawn_ranks):
+    spawn_ranks(_rank, (str(dataset), str(tmp_path / "run"), str(tmp_path)), 2)
     for rank in (0, 1):
         result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         assert len(result["gaps"]) == 2

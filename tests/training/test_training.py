@@ -5,13 +5,12 @@ from __future__ import annotations
 import functools
 import math
 import os
-import socket
+import sys
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from datasets.synthetic import make_dataset
 from models.checkpoint import read_checkpoint
@@ -187,15 +186,8 @@ def test_perceptual_term_without_vgg_weights_stops_with_a_message(dataset, tmp_p
     assert "VGG-19" in err and "--le_lambda 0" in err and "Traceback" not in err
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _ddp_worker(rank: int, world_size: int, port: int, dataset: str, logdir: str, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(world_size))
+def _ddp_worker(rank: int, dataset: str, logdir: str, out: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     trainer = Trainer(parse_args(1, ["--dataset_dir", dataset, "--logdir", logdir, *FAST, "--device", "cpu",
                                      "--phase1_epochs", "2", "--epochs", "2", "--metric_guided_interval", "2"]))
@@ -206,10 +198,12 @@ def _ddp_worker(rank: int, world_size: int, port: int, dataset: str, logdir: str
     torch.save({"state": trainer.model.state_dict(), "weight": trainer.tables.weight,
                 "stride_warnings": stride_warnings}, Path(out) / f"rank{rank}.pt")
     torch.distributed.destroy_process_group()
+    sys.stdout.flush()
+    os._exit(0)  # see spawn_ranks (tests/conftest.py)
 
 
-def test_two_gloo_ranks_end_with_identical_weights(dataset, tmp_path):
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(dataset), str(tmp_path / "run"), str(tmp_path)), nprocs=2)
+def test_two_gloo_ranks_end_with_identical_weights(dataset, tmp_path, spawn_ranks):
+    spawn_ranks(_ddp_worker, (str(dataset), str(tmp_path / "run"), str(tmp_path)), 2)
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     for key, value in rank0["state"].items():
         assert torch.equal(value, rank1["state"][key]), key
@@ -220,10 +214,9 @@ def test_two_gloo_ranks_end_with_identical_weights(dataset, tmp_path):
     assert math.isfinite(read_checkpoint(tmp_path / "run" / "last.pth")["history"][-1]["loss"])
 
 
-def _diverging_worker(rank: int, world_size: int, port: int, dataset: str, logdir: str, out: str) -> None:
+def _diverging_worker(rank: int, dataset: str, logdir: str, out: str) -> None:
     """Rank 1's loss turns infinite at its first step; rank 0's stays finite."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(world_size))
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     import training.trainer as trainer_module
 
@@ -239,10 +232,12 @@ def _diverging_worker(rank: int, world_size: int, port: int, dataset: str, logdi
     code = main(1, ["--dataset_dir", dataset, "--logdir", logdir, *FAST, "--device", "cpu",
                     "--phase1_epochs", "1", "--epochs", "1"])
     Path(out, f"rank{rank}.code").write_text(str(code))
+    sys.stdout.flush()
+    os._exit(0)  # see spawn_ranks (tests/conftest.py)
 
 
-def test_a_failure_on_one_rank_ends_every_rank(dataset, tmp_path):
-    mp.spawn(_diverging_worker, args=(2, _free_port(), str(dataset), str(tmp_path / "run"), str(tmp_path)), nprocs=2)
+def test_a_failure_on_one_rank_ends_every_rank(dataset, tmp_path, spawn_ranks):
+    spawn_ranks(_diverging_worker, (str(dataset), str(tmp_path / "run"), str(tmp_path)), 2)
     assert [(tmp_path / f"rank{r}.code").read_text() for r in (0, 1)] == ["1", "1"]
     assert not (tmp_path / "run" / "last.pth").exists()
 
