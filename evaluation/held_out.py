@@ -7,7 +7,9 @@ and PSNR-l of the network, the reference exposure and the Debevec merge, and how
 nothing moves (``static_error_ratio``; 1 means as good as the reference there). The sets:
 benchmark-like ones at several sizes (the first six were used while the demo checkpoint's recipe was
 chosen; later ones were made after it was fixed) and harder ones whose statistics differ from the
-training scenes (wider stop spacing, more clipping, larger and faster motion, more shake).
+training scenes (wider stop spacing, more clipping, larger and faster motion, more shake). A
+second table groups every scored scene by the held-out radiance map it was cut from (``Desk`` is
+an interior with a bright window, ``courtyard`` and ``sunrise`` are outdoors).
 
     python -m evaluation.held_out --pretrained_model pretrain_model/demo_smnet.pth --out held_out
     python -m evaluation.held_out --pretrained_model runs/phase2/last.pth --out held_out --sets wide_stops
@@ -16,9 +18,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import io
 import json
 import math
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -107,6 +111,24 @@ def set_rows(name: str, summary: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def map_rows(scored: Sequence[tuple[Path, Path]]) -> list[dict[str, Any]]:
+    """Per source radiance map, over every scored set: each method's mean PSNR-μ and PSNR-l on the
+    scenes whose background was cut from it. ``scored`` holds (set folder, its test.py results)."""
+    scores: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    for data, results in scored:
+        scenes = json.loads((data / "scenes.json").read_text())["Test"]
+        tables = {NETWORK: results / "metrics.csv",
+                  **{title: results / "baselines" / key / "metrics.csv" for key, title in BASELINE_TITLES.items()}}
+        for method, path in tables.items():
+            with open(path, newline="") as handle:
+                for row in csv.DictReader(handle):
+                    scores[method, scenes[row["scene"]]["background"]].append((float(row["psnr_mu"]),
+                                                                               float(row["psnr_l"])))
+    return [{METHOD_KEY: method, "map": name, "scenes": len(values),
+             "psnr_mu": sum(mu for mu, _ in values) / len(values), "psnr_l": sum(lin for _, lin in values) / len(values)}
+            for (method, name), values in sorted(scores.items(), key=lambda item: (item[0][1], item[0][0] != NETWORK))]
+
+
 def goal_lines(rows: Sequence[dict[str, Any]], mu_margin: float, l_margin: float, max_ratio: float) -> list[str]:
     """Per set: is the network ``mu_margin`` dB above the reference in PSNR-μ, ``l_margin`` dB above
     the better baseline in PSNR-l, and within ``max_ratio`` of the reference's static error?"""
@@ -146,16 +168,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not args.pretrained_model.is_file():
             raise UsageError(f"--pretrained_model {args.pretrained_model}: no such file")
         rows: list[dict[str, Any]] = []
+        scored: list[tuple[Path, Path]] = []
         for name in args.sets:
             spec = HELD_OUT_SETS[name]
             make_set(args.out / name, spec)
             summary = score_set(args.pretrained_model, args.out / name, args.out / f"results_{name}", args.device)
             rows += set_rows(name, summary)
+            scored.append((args.out / name, args.out / f"results_{name}"))
             print(f"== {name}: {spec.count} × {spec.size[0]}×{spec.size[1]}" + (f" ({spec.note})" if spec.note else ""),
                   flush=True)
         print(format_table(rows, METHOD_KEY, with_mean=False))
         print("\n".join(goal_lines(rows, *args.goal)))
+        by_map = map_rows(scored)
+        print("\nby source radiance map, every scored set together")
+        print(format_table(by_map, METHOD_KEY, with_mean=False))
         write_rows_csv(args.out / "held_out.csv", rows, METHOD_KEY)
+        write_rows_csv(args.out / "held_out_by_map.csv", by_map, METHOD_KEY)
         return 0
 
     return run_cli(run, args.debug)

@@ -3,6 +3,7 @@ summed up in one table with the goal checked per set."""
 from __future__ import annotations
 
 import csv
+import json
 import math
 
 import pytest
@@ -40,6 +41,23 @@ def test_every_set_is_scored_against_both_baselines(tmp_path, small_sets, capsys
                             abs_tol=0.01)
     printed = capsys.readouterr().out
     assert "plain: PSNR-μ " in printed and "static error 1.0× the reference" in printed and "NOT met" in printed
+    assert "by source radiance map" in printed
+
+    scores = []  # (map, the network's PSNR-μ) of every scored scene
+    for name in small_sets:
+        scenes = json.loads((tmp_path / "out" / name / "scenes.json").read_text())["Test"]
+        with open(tmp_path / "out" / f"results_{name}" / "metrics.csv") as handle:
+            scores += [(scenes[row["scene"]]["background"], float(row["psnr_mu"])) for row in csv.DictReader(handle)]
+    with open(tmp_path / "out" / "held_out_by_map.csv") as handle:
+        by_map = list(csv.DictReader(handle))
+    maps = {source for source, _ in scores}
+    for method in ("network", "reference exposure", "Debevec merge (OpenCV)"):
+        counts = {row["map"]: int(row["scenes"]) for row in by_map if row["method"] == method}
+        assert counts == {source: sum(s == source for s, _ in scores) for source in maps}
+    for row in by_map:
+        if row["method"] == "network":
+            values = [mu for source, mu in scores if source == row["map"]]
+            assert math.isclose(float(row["psnr_mu"]), sum(values) / len(values), rel_tol=1e-9)
 
 
 def test_goal_lines_check_each_margin():
