@@ -273,6 +273,22 @@ def _is_tensorboard_thread(thread: threading.Thread | None) -> bool:
     return thread is not None and type(thread).__module__.startswith("tensorboard.")
 
 
+class QuietWriterThreads:
+    """``threading.excepthook`` while a TensorBoard log is open: an OSError in TensorBoard's writer
+    thread is kept quiet, anything else goes to the previous hook. It holds nothing but that hook:
+    every thread started meanwhile keeps the hook it saw, and a hook that held the run (its
+    trainer, its tensors) would keep them alive until such a thread ends, which may be during the
+    interpreter's shutdown, where freeing a tensor from a non-main thread aborts the process."""
+
+    def __init__(self, previous: Callable[[threading.ExceptHookArgs], Any]) -> None:
+        self.previous = previous
+
+    def __call__(self, args: threading.ExceptHookArgs) -> None:
+        if isinstance(args.exc_value, OSError) and _is_tensorboard_thread(args.thread):
+            return  # the main thread sees it at the next write
+        self.previous(args)
+
+
 class TensorBoardLog:
     """The run's TensorBoard writer. Its events are written by a background thread; when a write
     fails (a full disk) that thread's traceback is kept quiet (``threading.excepthook``), the
@@ -284,18 +300,13 @@ class TensorBoardLog:
 
         self.folder = folder
         self._note = note
-        self._previous_hook = threading.excepthook
-        threading.excepthook = self._quiet_writer_thread
+        self._hook = QuietWriterThreads(threading.excepthook)
+        threading.excepthook = self._hook
         self.writer: Any = None
         try:
             self.writer = SummaryWriter(str(folder))
         except OSError as err:
             self._fail(err)
-
-    def _quiet_writer_thread(self, args: threading.ExceptHookArgs) -> None:
-        if isinstance(args.exc_value, OSError) and _is_tensorboard_thread(args.thread):
-            return  # the main thread sees it at the next write
-        self._previous_hook(args)
 
     def write(self, action: Callable[[Any], None]) -> None:
         """Run ``action(writer)`` (add_scalar, add_image, flush ...) unless logging has ended."""
@@ -318,8 +329,8 @@ class TensorBoardLog:
         """Flush and close the writer; put the previous ``threading.excepthook`` back."""
         self.write(lambda writer: writer.close())
         self.writer = None
-        if threading.excepthook == self._quiet_writer_thread:
-            threading.excepthook = self._previous_hook
+        if threading.excepthook is self._hook:
+            threading.excepthook = self._hook.previous
 
 
 # ----------------------------------------------------------------------------- the steps

@@ -17,7 +17,8 @@ from models.checkpoint import read_checkpoint
 from models.smnet import SMNet
 from segmask.segment import segment_split, superpixel_masks
 from training.losses import HDRLoss, VGG19Features
-from training.trainer import Trainer, freeze_all_but_shallow_extractor, main, training_step
+from training.trainer import (QuietWriterThreads, TensorBoardLog, Trainer, freeze_all_but_shallow_extractor, main,
+                              training_step)
 from training.options import parse_args
 
 FAST = ["--preset", "tiny", "--train_patch_size", "32", "--batch_size", "2", "--repeat", "2", "--num_workers", "0",
@@ -248,3 +249,47 @@ def test_an_indexed_cuda_device_under_torchrun_is_refused(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ValueError, match="LOCAL_RANK"):
         init_process("cuda:1")
+
+
+def test_threads_started_while_tensorboard_logs_keep_nothing_of_the_run_alive(tmp_path):
+    """A thread keeps the ``threading.excepthook`` it was started under. The TensorBoard log's hook
+    holds only the previous one, so what the log reports to (the trainer, its tensors) is freed
+    when the log closes, not when such a thread ends, which may be during the interpreter's
+    shutdown, where freeing a tensor from a non-main thread aborts the process."""
+    import gc
+    import threading
+    import weakref
+
+    class Run:
+        def note(self, message: str) -> None:
+            pass
+
+    run, previous = Run(), threading.excepthook
+    alive = weakref.ref(run)
+    log = TensorBoardLog(tmp_path / "tensorboard", run.note)
+    release = threading.Event()
+    thread = threading.Thread(target=release.wait)
+    thread.start()
+    try:
+        log.close()
+        assert threading.excepthook is previous
+        del log, run
+        gc.collect()
+        assert alive() is None
+    finally:
+        release.set()
+        thread.join()
+
+
+def test_only_an_os_error_of_tensorboards_writer_thread_is_kept_quiet():
+    import threading
+
+    seen = []
+    hook = QuietWriterThreads(seen.append)
+    writer_thread = type("Writer", (threading.Thread,), {"__module__": "tensorboard.summary.writer"})()
+    other_thread = threading.Thread()
+    cases = [(OSError("disk full"), writer_thread), (ValueError("bug"), writer_thread),
+             (OSError("disk full"), other_thread)]
+    for error, thread in cases:
+        hook(threading.ExceptHookArgs((type(error), error, None, thread)))
+    assert [args.exc_value for args in seen] == [cases[1][0], cases[2][0]]
