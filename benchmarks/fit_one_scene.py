@@ -28,17 +28,12 @@ import torch
 from datasets.preprocess import build_network_input
 from datasets.real_scenes import SceneSpread, load_radiance_maps, render_real_scene
 from evaluation.baselines import reference_exposure_baseline
-from evaluation.metrics import psnr, psnr_l, psnr_mu
+from evaluation.metrics import psnr_l, psnr_mu
+from evaluation.regions import REGIONS, RegionSettings, region_metrics
 from models.registry import smnet_tiny
 from training.losses import mu_l1_loss
 
 STATIC = SceneSpread(clipped=(0.0, 0.003), objects=(0, 0), shake=0.0)
-CLIPPED = 0.95  # a reference pixel at or above this (in any channel) counts as clipped
-
-
-def region_psnr_l(prediction: np.ndarray, label: np.ndarray, region: np.ndarray) -> float:
-    """PSNR-l over the pixels of ``region`` (H×W bool) only; nan when it is empty."""
-    return psnr(prediction[region][None], label[region][None]) if region.any() else float("nan")
 
 
 def main() -> None:
@@ -69,13 +64,19 @@ def main() -> None:
     x = torch.from_numpy(build_network_input(ldrs, scene.exposures))[None]
     label = torch.from_numpy(np.ascontiguousarray(scene.label.transpose(2, 0, 1)))[None]
     reference = reference_exposure_baseline(ldrs, scene.exposures)
-    clipped = np.asarray(ldrs[1]).max(axis=2) >= CLIPPED
+    # saturated in the reference (no dilation, nothing crushed: the scene is bright); the rest static
+    clipped = np.asarray(ldrs[1]).max(axis=2) >= RegionSettings().clip_high
+    regions = np.where(clipped, REGIONS.index("clipped"), REGIONS.index("static"))
+
+    def clipped_psnr_l(prediction: np.ndarray) -> float:
+        return region_metrics(prediction, scene.label, regions)["clipped"]["psnr_l"]
+
     shortest = ldrs[0] ** 2.2 / float(2.0 ** scene.exposures[0])
     print(f"scene: {args.background}, {args.size[0]}×{args.size[1]}, stops {scene.exposures}, "
           f"reference clips {100 * clipped.mean():.2f} %; reference exposure PSNR-μ "
           f"{psnr_mu(reference, scene.label):.2f} PSNR-l {psnr_l(reference, scene.label):.2f}; "
-          f"in the clipped region PSNR-l: reference {region_psnr_l(reference, scene.label, clipped):.2f}, "
-          f"shortest exposure alone {region_psnr_l(shortest, scene.label, clipped):.2f}")
+          f"in the clipped region PSNR-l: reference {clipped_psnr_l(reference):.2f}, "
+          f"shortest exposure alone {clipped_psnr_l(shortest):.2f}")
 
     model = smnet_tiny(reference_residual=args.reference_residual, drop_path_rate=0.0, embed_dim=args.embed_dim)
     print(f"network: width {args.embed_dim}, {sum(p.numel() for p in model.parameters()):,} parameters")
@@ -90,7 +91,7 @@ def main() -> None:
                 out = model(x)[0].permute(1, 2, 0).numpy()
             model.train()
             print(f"{step:5d}  {psnr_mu(out, scene.label):6.2f}  {psnr_l(out, scene.label):6.2f}"
-                  f"                 {region_psnr_l(out, scene.label, clipped):6.2f}"
+                  f"                 {clipped_psnr_l(out):6.2f}"
                   f"          {time.perf_counter() - start:6.0f}", flush=True)
         if step == args.steps:
             break

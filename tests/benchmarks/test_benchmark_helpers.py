@@ -35,19 +35,3 @@ def test_every_benchmark_imports(module: str) -> None:
     """The scripts run only by hand: an API they call that moved or changed must fail here."""
     importlib.import_module(f"benchmarks.{module}")
 
-
-def test_fit_one_scene_scores_a_region_by_its_pixels_only() -> None:
-    import numpy as np
-
-    from benchmarks.fit_one_scene import region_psnr_l
-    from evaluation.metrics import psnr_l
-
-    label = np.full((4, 6, 3), 0.5, np.float32)
-    prediction = label.copy()
-    prediction[:2] += 0.1  # wrong in the top half only
-    top = np.zeros((4, 6), bool)
-    top[:2] = True
-    assert region_psnr_l(prediction, label, top) == pytest.approx(20.0)  # an error of 0.1 everywhere in it
-    assert region_psnr_l(prediction, label, ~top) == float("inf")
-    assert region_psnr_l(prediction, label, top) < psnr_l(prediction, label)
-    assert np.isnan(region_psnr_l(prediction, label, np.zeros((4, 6), bool)))
