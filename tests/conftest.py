@@ -35,8 +35,8 @@ def run_python() -> Callable[[str], subprocess.CompletedProcess]:
 @pytest.fixture
 def spawn_ranks(monkeypatch) -> Callable[..., None]:
     """Start ``nprocs`` processes of ``fn(rank, *args)`` the way torchrun does: the launcher (this
-    test's process) serves the rendezvous store and every rank is only its client, so no rank
-    owns a server thread that it tears down while another rank still talks to it. The ranks
+    test's process) serves the rendezvous store on a port it holds, and every rank is only its
+    client (no free port picked, released and hoped for; no rank hosting the others). The ranks
     find the store through ``MASTER_ADDR``/``MASTER_PORT`` and ``WORLD_SIZE`` is ``nprocs``;
     each sets its own ``RANK`` and ``LOCAL_RANK``.
 
