@@ -31,6 +31,7 @@ from datasets.real_scenes import SceneSpread, make_real_dataset
 from evaluation.evaluate import BASELINE_TITLES
 from evaluation.tables import METHOD_KEY, format_table, write_rows_csv
 from evaluation.cli import main as test_main
+from models.checkpoint import load_model
 from utils.cli import HelpFormatter, UsageError, run_cli
 
 
@@ -167,6 +168,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     def run() -> int:
         if not args.pretrained_model.is_file():
             raise UsageError(f"--pretrained_model {args.pretrained_model}: no such file")
+        load_model(args.pretrained_model)  # a checkpoint that does not load fails here, before any set is made
         rows: list[dict[str, Any]] = []
         scored: list[tuple[Path, Path]] = []
         for name in args.sets:

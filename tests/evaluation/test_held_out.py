@@ -83,3 +83,11 @@ def test_the_released_sets_keep_their_scenes():
 def test_a_missing_checkpoint_is_one_line(tmp_path, capsys):
     assert main(["--pretrained_model", str(tmp_path / "none.pth"), "--out", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.strip().startswith("error: --pretrained_model")
+
+
+def test_a_checkpoint_that_does_not_load_is_one_line_before_any_set_is_made(tmp_path, capsys):
+    (tmp_path / "bad.pth").write_text("not a checkpoint")
+    assert main(["--pretrained_model", str(tmp_path / "bad.pth"), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: checkpoint") and "bad.pth" in err
+    assert not (tmp_path / "out").exists()
